@@ -1,0 +1,395 @@
+"""Start and stop the real SGLang engine in scripted-runtime mode.
+
+The engine is sglang's own HTTP server with SGLANG_TEST_SCRIPTED_RUNTIME set:
+its scheduler runs one loop iteration per `yield` of a script that the
+scheduler hook imports and drives. This module owns the process: it starts it
+in a session of its own (a terminal's Ctrl-C reaches only us), notices a
+death within a poll interval and shows the log's last lines, and stops the
+whole process tree in about a second (upstream's shutdown waits 60 s).
+
+The parent never imports sglang: a CLI that records or replays stays quick to
+start, and the pickled harness messages are built by the child-side import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ENGINE_READY_TIMEOUT_S = 300.0  # start-up plus sglang's warmup request
+POLL_INTERVAL_S = 0.2  # how often a wait checks that the engine is alive
+STOP_GRACE_S = 1.0  # after Shutdown, before the process tree is killed
+LOG_TAIL_LINES = 12
+ZOMBIE_GRACE_S = 1.0
+EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
+
+# A GPT-2-architecture model small enough for a laptop CPU. GPT-2 has no rotary
+# embedding (rotary layers reach for vllm on CPU in sglang 0.5.23). With
+# load_format=dummy the weights are seeded, and with token_oracle sampling the
+# output tokens are a hash of (rid, position): the same on every device.
+EMBEDDED_MODEL_NAME = "tiny-gpt2"
+EMBEDDED_MODEL_CONFIG: dict[str, Any] = {
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "n_embd": 64,
+    "n_head": 4,
+    "n_layer": 2,
+    "n_positions": 4096,
+    "n_ctx": 4096,
+    "vocab_size": 1024,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+
+# What the embedded CPU engine needs (see ENGINE-CPU.md); every key can be
+# overridden with --engine-arg. max_total_tokens pins the KV pool so that
+# scheduling does not depend on how much memory the machine has.
+DEFAULT_ENGINE_ARGS: dict[str, Any] = {
+    "device": "cpu",
+    "load_format": "dummy",
+    "skip_tokenizer_init": True,
+    "attention_backend": "torch_native",
+    "disable_cuda_graph": True,
+    "disable_prefill_cuda_graph": True,
+    "kv_canary": "none",
+    "kv_canary_sweep_interval": 0,
+    "dtype": "float32",
+    "sampling_backend": "token_oracle",
+    "max_total_tokens": 16384,
+    "random_seed": 0,
+}
+
+# Environment knobs that change scheduling or token choice; recorded in every
+# trace header and set again on replay.
+DEFAULT_ENGINE_ENV: dict[str, str] = {
+    "SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE": "1",
+    # The wheel lacks the Rust radix tree core's sources the harness inspects.
+    "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
+}
+
+# Set in the engine's environment so that the sgl-replay plugin, loaded by every
+# sglang process on the machine, acts only in engines that sgl-replay started.
+# (Not SGL_*: sglang renames that prefix to SGLANG_* with a warning.)
+ACTIVE_ENV = "SGLREPLAY_ACTIVE"
+
+
+class EngineError(Exception):
+    """The engine could not do what was asked; `exit_code` is for the CLI."""
+
+    exit_code = 125
+
+
+class BadEngineArgs(EngineError):
+    exit_code = 2
+
+
+class EngineDied(EngineError):
+    exit_code = 1
+
+
+class ScriptFailed(Exception):
+    """The script raised inside the scheduler; carries its traceback."""
+
+    def __init__(self, traceback: str) -> None:
+        super().__init__(traceback.strip().splitlines()[-1] if traceback.strip() else "script failed")
+        self.traceback = traceback
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Everything that makes one engine differ from another."""
+
+    engine_args: dict[str, Any]
+    env: dict[str, str]
+    # config.json of the model when sgl-replay writes the model itself
+    model_config: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def embedded(cls, *, engine_args: Optional[dict] = None, env: Optional[dict] = None,
+                 model_path: Optional[str] = None) -> "EngineConfig":
+        args = {**DEFAULT_ENGINE_ARGS, **(engine_args or {})}
+        if model_path is not None:
+            args["model_path"] = model_path
+        model_config = None if "model_path" in args else dict(EMBEDDED_MODEL_CONFIG)
+        return cls(engine_args=args, env={**DEFAULT_ENGINE_ENV, **(env or {})},
+                   model_config=model_config)
+
+    def key(self) -> str:
+        """Equal keys mean one engine can serve both configurations."""
+        blob = json.dumps([self.engine_args, self.env, self.model_config], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def launch_args(self) -> dict[str, Any]:
+        args = dict(self.engine_args)
+        if self.model_config is not None:
+            args["model_path"] = write_model_dir(self.model_config)
+        return args
+
+
+def write_model_dir(config: dict[str, Any]) -> str:
+    """A directory holding only config.json; its name is the content's hash, so
+    the same config always lands in the same place."""
+    blob = json.dumps(config, sort_keys=True, indent=1)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    root = Path(os.environ.get("SGLREPLAY_CACHE", Path(tempfile.gettempdir()) / "sgl-replay"))
+    path = root / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
+    if not (path / "config.json").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / f"config.json.{os.getpid()}"
+        tmp.write_text(blob)
+        tmp.replace(path / "config.json")
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Engine:
+    """One running engine. Use `Engine.start(config)` as a context manager."""
+
+    def __init__(self, config: EngineConfig, process: subprocess.Popen, log_path: Path,
+                 work_dir: Path, zmq_ctx, sock, http_port: int) -> None:
+        self.config = config
+        self._process = process
+        self.log_path = log_path
+        self._work_dir = work_dir
+        self._zmq_ctx = zmq_ctx
+        self._sock = sock
+        self.http_port = http_port
+        self.base_url = f"http://127.0.0.1:{http_port}"
+        self._stopped = False
+        self._zombies: dict[int, float] = {}  # pid -> when first seen dead
+
+    # ----------------------------------------------------------------- start
+    @classmethod
+    def start(cls, config: EngineConfig, *, timeout_s: float = ENGINE_READY_TIMEOUT_S,
+              extra_sys_path: tuple[str, ...] = ()) -> "Engine":
+        import zmq
+
+        work_dir = Path(tempfile.mkdtemp(prefix="sgl-replay-engine-"))
+        log_path = work_dir / "engine.log"
+        zmq_ctx = zmq.Context()
+        sock = zmq_ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        dispatch_port = sock.bind_to_random_port("tcp://127.0.0.1")
+        http_port = _free_port()
+
+        launch = config.launch_args()
+        launch.update(host="127.0.0.1", port=http_port)
+        spec_path = work_dir / "spec.json"
+        spec_path.write_text(json.dumps({"server_args": launch}))
+
+        sys_path = [os.getcwd(), *extra_sys_path]
+        env = dict(os.environ)
+        env.update(config.env)
+        env.update({
+            ACTIVE_ENV: "1",
+            "SGLANG_TEST_SCRIPTED_RUNTIME": "1",
+            "SGLANG_TEST_SCRIPTED_RUNTIME_IPC_ADDR": f"tcp://127.0.0.1:{dispatch_port}",
+            "SGLANG_TEST_SCRIPTED_RUNTIME_OUT_OF_BAND_ERROR_PATH": str(work_dir / "oob.json"),
+            "SGLANG_TEST_SCRIPTED_RUNTIME_SYS_PATH_ENTRY": os.getcwd(),
+            "PYTHONPATH": os.pathsep.join(sys_path + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sgl_replay.engine", str(spec_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, cwd=os.getcwd())
+        engine = cls(config, process, log_path, work_dir, zmq_ctx, sock, http_port)
+        try:
+            engine._await_ready(timeout_s)
+        except BaseException:
+            engine.stop()
+            raise
+        return engine
+
+    def _await_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._sock.poll(int(POLL_INTERVAL_S * 1000)):
+            self._check_alive("during start-up")
+            if time.monotonic() > deadline:
+                raise EngineError(f"engine did not become ready within {timeout_s:.0f}s; "
+                                  f"log: {self.log_path}")
+        reply = self._sock.recv_pyobj()
+        if type(reply).__name__ != "HookReady":
+            raise EngineError(f"engine sent {reply!r} instead of its ready handshake")
+        # HookReady means the scheduler loop runs; the HTTP port may not be
+        # bound yet, and every control primitive posts to it.
+        while not _port_open(self.http_port):
+            self._check_alive("while binding its HTTP port")
+            if time.monotonic() > deadline:
+                raise EngineError(f"engine HTTP port {self.http_port} not bound within "
+                                  f"{timeout_s:.0f}s; log: {self.log_path}")
+            time.sleep(POLL_INTERVAL_S)
+
+    def _check_alive(self, when: str) -> None:
+        code = self._process.poll()
+        if code is None and self._tree_alive():
+            return
+        if code == EXIT_BAD_ENGINE_ARGS:
+            raise BadEngineArgs(f"bad engine argument: {self.log_tail(1)}")
+        raise (EngineDied if when.startswith("at") else EngineError)(
+            f"engine process died {when} (exit {code}); last log lines:\n{self.log_tail()}")
+
+    def _tree_alive(self) -> bool:
+        """launch_server stays up for a while after its scheduler child dies;
+        a dead scheduler is a dead engine. A child that stays a zombie (dead,
+        not reaped) for ZOMBIE_GRACE_S is taken as dead; short-lived helper
+        processes are reaped long before that."""
+        import psutil
+
+        try:
+            children = psutil.Process(self._process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return False
+        now = time.monotonic()
+        zombies = set()
+        for child in children:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    zombies.add(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        self._zombies = {pid: self._zombies.get(pid, now) for pid in zombies}
+        return all(now - since < ZOMBIE_GRACE_S for since in self._zombies.values())
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        keep = [l for l in text.splitlines() if l.strip()]
+        return "\n".join(keep[-lines:]) if keep else "(empty log)"
+
+    def last_error_line(self) -> str:
+        """The line that best says why the engine died: the last exception line."""
+        lines = [l.strip() for l in self.log_tail(200).splitlines()]
+        for line in reversed(lines):
+            if "Error" in line or "Exception" in line or line.startswith("raise "):
+                return line
+        return lines[-1] if lines else "(empty log)"
+
+    # ----------------------------------------------------------------- run
+    def run_script(self, fn_path: str, *args: Any, timeout_s: Optional[float] = None) -> None:
+        """Run `module:function(ctx, *args)` as the scheduler's script; return
+        when it finished. Raises ScriptFailed with the script's traceback,
+        EngineDied when the engine died under it."""
+        from sglang.test.scripted_runtime.io_struct import RunScript
+
+        if self._stopped:
+            raise EngineError("engine already stopped")
+        self._sock.send_pyobj(RunScript(fn_path=fn_path, args=tuple(args)))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._sock.poll(int(POLL_INTERVAL_S * 1000)):
+            self._check_alive(f"at script {fn_path}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineError(f"script {fn_path} did not finish within {timeout_s:.0f}s")
+        reply = self._sock.recv_pyobj()
+        name = type(reply).__name__
+        if name == "ScriptFailed":
+            raise ScriptFailed(reply.traceback)
+        if name != "ScriptSucceeded":
+            raise EngineError(f"engine replied {reply!r} to {fn_path}")
+
+    def alive(self) -> bool:
+        return not self._stopped and self._process.poll() is None and self._tree_alive()
+
+    # ----------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop the whole process tree: ask, wait STOP_GRACE_S, then kill."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self._process.poll() is None:
+                try:
+                    from sglang.test.scripted_runtime.io_struct import Shutdown
+
+                    import zmq
+
+                    self._sock.send_pyobj(Shutdown(), flags=zmq.NOBLOCK)
+                except Exception:  # noqa: BLE001 — best effort; the kill follows
+                    pass
+                self._kill_tree(grace_s=STOP_GRACE_S)
+        finally:
+            self._sock.close(linger=0)
+            self._zmq_ctx.term()
+
+    def _kill_tree(self, grace_s: float) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._process.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        # The engine runs in its own session: one signal reaches every process.
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        psutil.wait_procs(alive, timeout=2.0)
+        self._process.wait(timeout=2.0)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _child_main(spec_path: str) -> None:
+    """The engine process: build ServerArgs (a rejection exits with
+    EXIT_BAD_ENGINE_ARGS and one line) and run sglang's HTTP server."""
+    spec = json.loads(Path(spec_path).read_text())
+    # As sglang's own Engine does: plugins before ServerArgs, so that their
+    # hooks on argument resolution apply (launch_server loads them too late).
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    from sglang.srt.server_args import ServerArgs
+
+    try:
+        server_args = ServerArgs(**spec["server_args"])
+    except Exception as e:  # noqa: BLE001 — any rejection is the user's argument
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{type(e).__name__}: {message}", flush=True)
+        sys.exit(EXIT_BAD_ENGINE_ARGS)
+    from sglang.srt.entrypoints.http_server import launch_server
+
+    launch_server(server_args)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

@@ -1,0 +1,332 @@
+"""The recorder, inside the scheduler process.
+
+`install` (called by the plugin's hook) puts two thin stand-ins where the
+scheduler loop calls the scripted-runtime objects:
+
+    RecordingHook   around ScriptedSchedulerHook: step() opens and closes a loop
+                    iteration around the script's turn; on_run_batch() sees
+                    every forward batch before it runs.
+    RecordingProxy  around ScriptedTokenizerRecvProxy: recv_pyobj() sees every
+                    object the scheduler pulls, in pull order.
+
+Both forward every call unchanged. While no Recording is active they cost one
+attribute test per call. Everything the recorder reads is read, never written:
+queue lengths, pool free counts, and the Req objects of batches it was shown.
+
+Loop iteration i, as the scheduler runs it:
+    hook.step()        -> close iteration i-1 (sizes after it, finishes,
+                          retractions); the script runs its turn; open i
+    proxy.recv_pyobj() -> inputs of iteration i
+    run_batch()        -> on_run_batch: batch of iteration i
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from array import array
+from typing import Any, Optional
+
+from sgl_replay.record import inputs as input_codec
+from sgl_replay.trace.format import ITER
+from sgl_replay.trace.writer import TraceWriter, end_record
+
+logger = logging.getLogger(__name__)
+
+# The probe installed in this scheduler process (driver rank only), or None.
+PROBE: Optional["Probe"] = None
+
+
+
+class RecorderNotActive(RuntimeError):
+    pass
+
+
+def install(scheduler) -> None:
+    global PROBE
+    hook = scheduler.scripted_scheduler_hook
+    proxy = scheduler.recv_from_tokenizer
+    # Only the driver rank runs scripts (the harness's own rule); other ranks
+    # receive the driver's inputs by broadcast and are left alone.
+    if hook is None or getattr(hook, "_context", None) is None or not hasattr(proxy, "wait_until_arrived"):
+        return
+    probe = Probe(scheduler, proxy)
+    probe.hook = scheduler.scripted_scheduler_hook = RecordingHook(hook, probe)
+    probe.proxy_wrapper = scheduler.recv_from_tokenizer = RecordingProxy(proxy, probe)
+    PROBE = probe
+    logger.info("sgl-replay recorder installed in the scheduler")
+
+
+def active_probe(scheduler) -> "Probe":
+    """The installed probe, after checking that its stand-ins really are the
+    objects the scheduler loop calls. A hook that failed to apply (sglang's
+    HookRegistry only logs that) makes this raise instead of recording nothing."""
+    probe = PROBE
+    if probe is None or probe.scheduler is not scheduler:
+        raise RecorderNotActive(
+            "sgl-replay recorder is not installed in the scheduler: the sglang plugin "
+            "'sgl_replay' did not load or its hook did not apply (see the engine log)")
+    receiver = scheduler.request_receiver
+    if receiver.scripted_scheduler_hook is not probe.hook or receiver.recv_from_tokenizer is not probe.proxy_wrapper:
+        raise RecorderNotActive(
+            "sgl-replay recorder is installed but the scheduler's request receiver does not "
+            "call it (sglang changed where it keeps the scripted hook or recv proxy)")
+    return probe
+
+
+class RecordingHook:
+    """Stands in for ScriptedSchedulerHook in the scheduler loop."""
+
+    def __init__(self, inner, probe: "Probe") -> None:
+        self._inner = inner
+        self._probe = probe
+
+    def step(self) -> None:
+        rec = self._probe.recording
+        if rec is not None:
+            self._probe.guard(rec.end_iteration)
+        self._inner.step()  # the script's turn: it may start or stop a recording
+        rec = self._probe.recording
+        if rec is not None:
+            rec.begin_iteration()
+
+    def on_run_batch(self, batch) -> None:
+        self._inner.on_run_batch(batch)
+        rec = self._probe.recording
+        if rec is not None:
+            self._probe.guard(rec.on_batch, batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class RecordingProxy:
+    """Stands in for ScriptedTokenizerRecvProxy in the request receiver."""
+
+    def __init__(self, inner, probe: "Probe") -> None:
+        self._inner = inner
+        self._probe = probe
+
+    def recv_pyobj(self, flags: int = 0) -> Any:
+        obj = self._inner.recv_pyobj(flags)
+        rec = self._probe.recording
+        if rec is not None:
+            self._probe.guard(rec.on_input, obj)
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class Probe:
+    """Owns the current Recording, if any, and keeps recorder failures out of
+    the scheduler: an exception ends the recording and is re-raised to the
+    script when it stops, never inside the scheduler loop."""
+
+    def __init__(self, scheduler, proxy) -> None:
+        self.scheduler = scheduler
+        self.proxy = proxy  # the harness's proxy; its buffer is what arrived
+        self.hook: Optional[RecordingHook] = None
+        self.proxy_wrapper: Optional[RecordingProxy] = None
+        self.recording: Optional[Recording] = None
+        self.failure: Optional[str] = None
+
+    def start(self, path: str, header: dict) -> "Recording":
+        assert self.recording is None, "a recording is already active"
+        self.failure = None
+        self.recording = Recording(self.scheduler, path, header)
+        return self.recording
+
+    def stop(self, *, complete: bool, reason: Optional[str] = None) -> dict:
+        rec, self.recording = self.recording, None
+        if self.failure is not None:
+            complete, reason = False, f"recorder failed: {self.failure.strip().splitlines()[-1]}"
+        if rec is None:
+            raise RecorderNotActive("no active recording to stop")
+        end = rec.close(complete=complete, reason=reason)
+        if self.failure is not None:
+            raise RuntimeError(f"sgl-replay recorder failed inside the scheduler:\n{self.failure}")
+        return end
+
+    def guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 — never raise into the scheduler loop
+            self.failure = traceback.format_exc()
+            logger.error("sgl-replay recorder failed; recording stops:\n%s", self.failure)
+            rec, self.recording = self.recording, None
+            if rec is not None:
+                try:
+                    rec.close(complete=False, reason="recorder failed")
+                except Exception:  # noqa: BLE001
+                    pass
+            self.recording = _FailedRecording(rec)
+
+
+class _FailedRecording:
+    """Left in place of a recording that failed, so that the script's stop()
+    reports the failure; ignores the loop's calls."""
+
+    def __init__(self, rec) -> None:
+        self.next_i = rec.next_i if rec is not None else 0
+
+    def begin_iteration(self) -> None:
+        self.next_i += 1
+
+    def end_iteration(self) -> None:
+        pass
+
+    def on_batch(self, batch) -> None:
+        pass
+
+    def on_input(self, obj) -> None:
+        pass
+
+    def close(self, *, complete: bool, reason: Optional[str]) -> dict:
+        return {}
+
+
+class Recording:
+    """One trace being written: the scheduler loop's iterations from start()
+    to stop(), numbered from 0."""
+
+    def __init__(self, scheduler, path: str, header: dict) -> None:
+        self.scheduler = scheduler
+        self.writer = TraceWriter(path, header)
+        self.path = path
+        self.next_i = 0  # number of the next iteration to open
+        self.i = -1  # the open iteration (between begin and end)
+        self.forwards = 0
+        self.fwd_base = scheduler.forward_ct + 1  # run_batch counts before it numbers
+        self.req_of_rid: dict[str, int] = {}
+        self.requests = 0
+        # Requests that ran: req -> [Req, retraction_count last seen]
+        self.live: dict[int, list] = {}
+        # Requests pulled that have not run yet: req -> rid
+        self.pending: dict[int, str] = {}
+        self.last_state: Optional[tuple] = None
+        self._inputs: list = []
+        self._batches: list = []
+        self._saw_abort = False
+
+    # -- the loop's calls ------------------------------------------------
+    def begin_iteration(self) -> None:
+        self.i = self.next_i
+        self.next_i += 1
+
+    def on_input(self, obj: Any) -> None:
+        for item in input_codec.from_pulled(obj):
+            if item["type"] == "generate":
+                req = self.requests
+                self.requests += 1
+                self.req_of_rid[item["rid"]] = req
+                self.pending[req] = item["rid"]
+            elif item["type"] == "abort":
+                self._saw_abort = True
+            self._inputs.append(item)
+
+    def on_batch(self, batch) -> None:
+        req_of_rid = self.req_of_rid
+        reqs = batch.reqs
+        nums = [req_of_rid[r.rid] for r in reqs]
+        mode = batch.forward_mode
+        record = {"fwd": batch.forward_iter - self.fwd_base,
+                  "mode": mode.name.lower() if mode is not None else None,
+                  "reqs": nums}
+        if mode is not None and mode.is_extend():
+            record["new"] = list(batch.extend_lens)
+            record["cached"] = list(batch.prefix_lens)
+            record["tokens"] = batch.extend_num_tokens
+            live, pending = self.live, self.pending
+            for n, r in zip(nums, reqs):
+                if n not in live:
+                    live[n] = [r, r.retraction_count]
+                    pending.pop(n, None)
+        else:
+            record["tokens"] = len(nums)
+        chunked = self.scheduler.chunked_req
+        if chunked is not None:
+            record["chunked"] = req_of_rid.get(chunked.rid)
+        self._batches.append(record)
+        self.forwards = record["fwd"] + 1
+
+    def end_iteration(self) -> None:
+        s = self.scheduler
+        running = s.running_batch
+        state = (len(s.waiting_queue), len(running.reqs) if running is not None else 0,
+                 s.token_to_kv_pool_allocator.available_size(), s.req_to_token_pool.available_size())
+        finished = []
+        retracted = []
+        live = self.live
+        for n, entry in live.items():
+            r = entry[0]
+            if r.finished_reason is not None:
+                finished.append(n)
+            elif r.retraction_count != entry[1]:
+                entry[1] = r.retraction_count
+                retracted.append(n)
+        done = [self._finish(n, live.pop(n)[0]) for n in finished]
+        if self._saw_abort or (self.pending and self._inputs):
+            done += self._vanished()
+        if self._inputs or self._batches or done or retracted or state != self.last_state:
+            record = {"t": ITER, "i": self.i}
+            if self._inputs:
+                record["inputs"] = self._inputs
+                self._inputs = []
+            if self._batches:
+                record["batches"] = self._batches
+                self._batches = []
+            record["state"] = {"waiting": state[0], "running": state[1],
+                               "kv_free": state[2], "req_free": state[3]}
+            if done:
+                record["finished"] = done
+            if retracted:
+                record["retracted"] = retracted
+            self.writer.write(record)
+            self.last_state = state
+        self._saw_abort = False
+        self.writer.flush_if_due(time.monotonic())
+
+    # -- helpers ---------------------------------------------------------
+    @staticmethod
+    def _finish(n: int, r) -> list:
+        reason = r.finished_reason
+        name = reason.to_json().get("type", type(reason).__name__) if reason is not None else "abort"
+        return [n, name, len(r.output_ids), _hash_ids(r.output_ids)]
+
+    def _vanished(self) -> list:
+        """Requests that left the scheduler without finishing through a batch:
+        aborted in the waiting queue (sglang pops them without a finish
+        reason) or rejected on arrival. Scanned only after iterations that
+        pulled inputs."""
+        s = self.scheduler
+        present = {r.rid for r in s.waiting_queue}
+        for batch in (s.running_batch, s.last_batch):
+            if batch is not None:
+                present.update(r.rid for r in batch.reqs)
+        if s.chunked_req is not None:
+            present.add(s.chunked_req.rid)
+        gone = []
+        for n, rid in list(self.pending.items()):
+            if rid not in present:
+                del self.pending[n]
+                gone.append([n, "abort", 0, _hash_ids(())])
+        if self._saw_abort:
+            for n, entry in list(self.live.items()):
+                if entry[0].rid not in present:
+                    del self.live[n]
+                    gone.append(self._finish(n, entry[0]))
+        return gone
+
+    def close(self, *, complete: bool, reason: Optional[str]) -> dict:
+        end = end_record(complete=complete, reason=reason, iterations=self.next_i,
+                         forwards=self.forwards, requests=self.requests)
+        self.writer.close(end)
+        return end
+
+
+def _hash_ids(ids) -> int:
+    raw = ids.tobytes() if isinstance(ids, array) else array("q", ids).tobytes()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")

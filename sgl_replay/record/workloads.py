@@ -1,0 +1,189 @@
+"""Built-in workloads: scripted-runtime scripts, each a generator that takes
+sglang's ScriptedContext and yields once per scheduler loop iteration, exactly
+like the scripts of SGLang's own scripted tests. They run inside the scheduler
+process; a recording captures what they made the scheduler pull.
+
+Each workload carries the engine arguments its shape needs (a small chunk
+size, a small KV pool...); arguments given on the command line win.
+
+This module imports nothing of sglang, so the CLI can list workloads quickly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Generator
+
+DRAIN_MAX_ITERS = 100_000  # a workload that never drains is a bug, not a wait
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    fn: Callable[..., Generator]
+    engine_args: dict = field(default_factory=dict)
+
+
+def drain(ctx) -> Generator:
+    """Yield until the scheduler has nothing queued, chunked, running or in flight."""
+    yield  # let the scheduler pull what the script just sent
+    for _ in range(DRAIN_MAX_ITERS):
+        if ctx.is_fully_idle:
+            return
+        yield
+    raise RuntimeError(f"workload did not drain within {DRAIN_MAX_ITERS} iterations")
+
+
+def until(ctx, condition: Callable[[], bool], *, what: str) -> Generator:
+    for _ in range(DRAIN_MAX_ITERS):
+        if condition():
+            return
+        yield
+    raise RuntimeError(f"workload waited {DRAIN_MAX_ITERS} iterations for {what}")
+
+
+def output_len(handle) -> int:
+    req = handle.req
+    return len(req.output_ids) if req is not None else 0
+
+
+# ------------------------------------------------------------------ workloads
+def chunked_prefill(ctx) -> Generator:
+    ctx.start_req(rid="long-0", prompt_len=300, max_new_tokens=4, ignore_eos=True)
+    yield from drain(ctx)
+
+
+def prefix_reuse(ctx) -> Generator:
+    # The second and third prompts begin with the first one: the radix cache
+    # serves that prefix instead of recomputing it.
+    ctx.start_req(rid="prefix-a", prompt_len=128, prompt_token=7, max_new_tokens=4, ignore_eos=True)
+    yield from drain(ctx)
+    ctx.start_req(rid="prefix-b", prompt_len=200, prompt_token=7, max_new_tokens=4, ignore_eos=True)
+    yield from drain(ctx)
+    ctx.start_req(rid="prefix-c", prompt_len=200, prompt_token=7, max_new_tokens=4, ignore_eos=True)
+    yield from drain(ctx)
+
+
+def concurrent_decode(ctx, n: int = 64, seed: int = 0) -> Generator:
+    rng = random.Random(seed)
+    for i in range(n):
+        ctx.start_req(rid=f"decode-{i}", prompt_len=rng.randint(20, 320),
+                      max_new_tokens=rng.randint(8, 31), ignore_eos=True)
+    yield from drain(ctx)
+
+
+def abort_mid_decode(ctx) -> Generator:
+    handles = [ctx.start_req(rid=f"abort-{i}", prompt_len=32, max_new_tokens=48, ignore_eos=True)
+               for i in range(4)]
+    victim = handles[1]
+    yield from until(ctx, lambda: output_len(victim) >= 6, what="the victim to decode")
+    ctx.abort(victim)
+    yield from drain(ctx)
+
+
+def _pause_then_continue(ctx, mode: str) -> Generator:
+    handles = [ctx.start_req(rid=f"pause-{i}", prompt_len=40, max_new_tokens=32, ignore_eos=True)
+               for i in range(4)]
+    yield from until(ctx, lambda: all(output_len(h) >= 4 for h in handles), what="decoding")
+    ctx.pause_generation(mode=mode)
+    for _ in range(5):
+        yield
+    ctx.continue_generation()
+    yield from drain(ctx)
+
+
+def pause_retract(ctx) -> Generator:
+    yield from _pause_then_continue(ctx, "retract")
+
+
+def pause_in_place(ctx) -> Generator:
+    yield from _pause_then_continue(ctx, "in_place")
+
+
+def kv_pressure(ctx) -> Generator:
+    # 16 requests that need 16 * (48 + 96) tokens of KV in a 1024-token pool:
+    # the scheduler admits on its estimate, then must retract to keep decoding.
+    for i in range(16):
+        ctx.start_req(rid=f"kv-{i}", prompt_len=48, max_new_tokens=96, ignore_eos=True)
+    yield from drain(ctx)
+
+
+def priority(ctx) -> Generator:
+    # Two slots, both busy with low-priority work; then a low- and a
+    # high-priority request arrive together, the low one first.
+    for i in range(2):
+        ctx.start_req(rid=f"low-{i}", prompt_len=32, max_new_tokens=24, priority=0, ignore_eos=True)
+    yield from until(ctx, lambda: ctx.batch_composition()["running"] != [], what="running")
+    for _ in range(3):
+        yield
+    ctx.start_req(rid="low-2", prompt_len=32, max_new_tokens=8, priority=0, ignore_eos=True)
+    ctx.start_req(rid="high-0", prompt_len=32, max_new_tokens=8, priority=10, ignore_eos=True)
+    yield from drain(ctx)
+
+
+def running_cap(ctx) -> Generator:
+    for i in range(12):
+        ctx.start_req(rid=f"cap-{i}", prompt_len=24 + 8 * i, max_new_tokens=12, ignore_eos=True)
+    yield from drain(ctx)
+
+
+def flush_between_waves(ctx) -> Generator:
+    for wave in range(3):
+        for i in range(4):
+            ctx.start_req(rid=f"wave{wave}-{i}", prompt_len=64, prompt_token=9,
+                          max_new_tokens=6, ignore_eos=True)
+        yield from drain(ctx)
+        if wave < 2:
+            ctx.flush_cache()
+            yield
+
+
+BUILTIN: dict[str, Workload] = {w.name: w for w in (
+    Workload("chunked_prefill", "one 300-token prompt through 64-token chunked prefill",
+             chunked_prefill, {"chunked_prefill_size": 64}),
+    Workload("prefix_reuse", "three prompts sharing a 128-token prefix; the radix cache serves it",
+             prefix_reuse),
+    Workload("concurrent_decode", "64 concurrent requests, prompts 20..320, 8..31 new tokens",
+             concurrent_decode, {"chunked_prefill_size": 256}),
+    Workload("abort_mid_decode", "four decoding requests, one aborted after 6 tokens",
+             abort_mid_decode),
+    Workload("pause_retract", "four decoding requests paused (retract) for 5 iterations, then continued",
+             pause_retract),
+    Workload("pause_in_place", "four decoding requests paused (in_place) for 5 iterations, then continued",
+             pause_in_place),
+    Workload("kv_pressure", "16 requests that outgrow a 1024-token KV pool and force retraction",
+             kv_pressure, {"max_total_tokens": 1024, "chunked_prefill_size": 256}),
+    Workload("priority", "priority scheduling with two slots: a high-priority request overtakes",
+             priority, {"enable_priority_scheduling": True, "max_running_requests": 2,
+                        "default_priority_value": 0}),
+    Workload("running_cap", "12 requests through max_running_requests=4", running_cap,
+             {"max_running_requests": 4}),
+    Workload("flush_between_waves", "three waves of four requests with flush_cache between them",
+             flush_between_waves),
+)}
+
+
+IDLE_SLEEP_S = 0.002  # an idle serve loop sleeps this long per iteration instead of spinning
+
+
+def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> Generator:
+    """Serve whatever HTTP traffic arrives, for `duration_s`, or until the
+    engine has been idle for `idle_s` after serving at least one request.
+    Every iteration is a real loop iteration; idle ones are not written."""
+    import time
+
+    start = time.monotonic()
+    last_busy = None
+    while True:
+        yield
+        now = time.monotonic()
+        if ctx.is_fully_idle:
+            time.sleep(IDLE_SLEEP_S)
+        else:
+            last_busy = now
+        if duration_s is not None and now - start >= duration_s:
+            return
+        if idle_s is not None and last_busy is not None and now - last_busy >= idle_s:
+            return

@@ -1,0 +1,53 @@
+"""What a trace file holds, named by sgl-replay and by nothing of sglang's.
+
+A trace is a sequence of independent zstd frames; concatenated, their contents
+are a stream of msgpack maps:
+
+    header   {"t": "header", "format": 1, versions, device, engine_args,
+              server_args, env, model, pools, workload, source}
+    iter     {"t": "iter", "i": loop iteration, and only what happened:
+              "inputs":    objects the scheduler pulled, in pull order
+              "batches":   forward batches launched, in launch order
+              "state":     pool and queue sizes after the iteration
+              "finished":  [[req, reason, output_len, output_hash], ...]
+              "retracted": [req, ...]}
+    end      {"t": "end", "complete": bool, "reason": str | None,
+              "iterations": n, "forwards": n, "requests": n}
+
+An iteration in which nothing was pulled, nothing ran and no size changed is
+not written: gaps in "i" are idle loop iterations.
+
+Requests are numbered in the order their generate input appears in the trace
+("req" below); batches, finishes and retractions refer to those numbers, which
+keeps the hot records small and fast to compare. The rid is in the input.
+
+    input    {"type": "generate", "rid", "input_ids", "sampling" (non-default
+              sampling params only), "stream", optional "priority",
+              "return_logprob", "logprob_start_len", "top_logprobs_num"}
+             {"type": "abort", "rid", "all"}
+             {"type": "pause", "mode"}      {"type": "continue"}
+             {"type": "flush"}              {"type": "other", "name"}
+    batch    {"fwd": forward index in this run, "mode": "extend" | "decode" |
+              "mixed" | "idle" ..., "reqs": [req, ...], "tokens": total new
+              tokens, and for extend/mixed batches "new": [tokens per req],
+              "cached": [cached-prefix tokens per req]; "chunked": req when a
+              request is mid chunked prefill}
+    state    {"waiting", "running", "kv_free", "req_free"}
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+# Versions this code still reads. Version 0 never left a prototype, so there is
+# nothing to migrate yet; a future version lists its predecessors here and
+# migrates them in reader.upgrade_record.
+READABLE_VERSIONS = (1,)
+
+SUFFIX = ".sglt"
+
+HEADER = "header"
+ITER = "iter"
+END = "end"
+
+# Input types a replay can feed back through a real path.
+REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")

@@ -1,0 +1,72 @@
+"""Human text for trace records, shared by `show` and the diff report."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+Names = Callable[[int], str]  # request number -> rid
+
+
+def names_from(table: Sequence[str]) -> Names:
+    def name(n: int) -> str:
+        return table[n] if n is not None and 0 <= n < len(table) else f"#{n}"
+    return name
+
+
+def input_text(item: dict) -> str:
+    kind = item["type"]
+    if kind == "generate":
+        ids = item.get("input_ids") or []
+        extra = ", ".join(f"{k}={v}" for k, v in sorted(item.get("sampling", {}).items()))
+        prio = f" priority={item['priority']}" if "priority" in item else ""
+        return f"generate {item['rid']} ({len(ids)} prompt tokens{', ' + extra if extra else ''}){prio}"
+    if kind == "abort":
+        return "abort all" if item.get("all") else f"abort {item['rid']}"
+    if kind == "pause":
+        return f"pause ({item['mode']})"
+    if kind == "other":
+        return f"other ({item['name']})"
+    return kind
+
+
+def batch_text(batch: dict, name: Names) -> str:
+    reqs = batch["reqs"]
+    if "new" in batch:
+        parts = []
+        for n, new, cached in zip(reqs, batch["new"], batch["cached"]):
+            parts.append(f"{name(n)}+{new}" + (f"(cached {cached})" if cached else ""))
+    else:
+        parts = [name(n) for n in reqs]
+    shown = " ".join(parts) if len(parts) <= 12 else " ".join(parts[:12]) + f" ...(+{len(parts) - 12})"
+    chunk = f" chunked={name(batch['chunked'])}" if batch.get("chunked") is not None else ""
+    return f"fwd {batch['fwd']} {batch['mode']} [{shown}] tokens={batch['tokens']}{chunk}"
+
+
+def state_text(state: dict) -> str:
+    return (f"waiting={state['waiting']} running={state['running']} "
+            f"kv_free={state['kv_free']} req_free={state['req_free']}")
+
+
+def iteration_lines(record: dict, name: Names) -> list[str]:
+    lines = [f"iter {record['i']}"]
+    for item in record.get("inputs", ()):
+        lines.append(f"  pull   {input_text(item)}")
+    for batch in record.get("batches", ()):
+        lines.append(f"  run    {batch_text(batch, name)}")
+    for n, reason, length, digest in record.get("finished", ()):
+        lines.append(f"  finish {name(n)} {reason} after {length} tokens (output {digest:016x})")
+    for n in record.get("retracted", ()):
+        lines.append(f"  retract {name(n)}")
+    if "state" in record:
+        lines.append(f"  after  {state_text(record['state'])}")
+    return lines
+
+
+def touches(record: dict, req: int) -> bool:
+    """Whether request number `req` appears anywhere in the record."""
+    for batch in record.get("batches", ()):
+        if req in batch["reqs"] or batch.get("chunked") == req:
+            return True
+    if any(f[0] == req for f in record.get("finished", ())):
+        return True
+    return req in record.get("retracted", ())
