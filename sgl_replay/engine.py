@@ -54,7 +54,8 @@ EMBEDDED_MODEL_CONFIG: dict[str, Any] = {
 
 # What the embedded CPU engine needs (see ENGINE-CPU.md); every key can be
 # overridden with --engine-arg. max_total_tokens pins the KV pool so that
-# scheduling does not depend on how much memory the machine has.
+# scheduling does not depend on how much memory the machine has; a small
+# chunked_prefill_size makes chunked prefill visible on short prompts.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "device": "cpu",
     "load_format": "dummy",
@@ -67,6 +68,7 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "dtype": "float32",
     "sampling_backend": "token_oracle",
     "max_total_tokens": 16384,
+    "chunked_prefill_size": 256,
     "random_seed": 0,
 }
 
@@ -361,6 +363,33 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class EnginePool:
+    """Engines by configuration, started on first use and shared after: a
+    test session or a golden run starts one engine per distinct config."""
+
+    def __init__(self, extra_sys_path: tuple[str, ...] = ()) -> None:
+        self._engines: dict[str, Engine] = {}
+        self._extra_sys_path = extra_sys_path
+        self.starts = 0
+
+    def get(self, config: EngineConfig) -> Engine:
+        key = config.key()
+        engine = self._engines.get(key)
+        if engine is not None and not engine.alive():
+            engine.stop()
+            engine = None
+        if engine is None:
+            engine = Engine.start(config, extra_sys_path=self._extra_sys_path)
+            self.starts += 1
+            self._engines[key] = engine
+        return engine
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.stop()
+        self._engines.clear()
 
 
 def _port_open(port: int) -> bool:

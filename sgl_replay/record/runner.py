@@ -10,7 +10,9 @@ only once the new one exists.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import threading
+import time
+from typing import Callable, Optional
 
 from sgl_replay.engine import Engine, EngineDied, EngineError, ScriptFailed
 from sgl_replay.trace.reader import TraceError
@@ -44,10 +46,14 @@ def check_writable(out: str) -> None:
         raise OSError(f"output {out} is not writable")
 
 
+def partial_path(out: str) -> str:
+    return os.path.abspath(out) + ".partial"
+
+
 def run_capture(engine: Engine, script: str, job: dict, out: str) -> dict:
     """Run a capturing script (record or replay) that writes `out`; return the
     trace's end record."""
-    partial = os.path.abspath(out) + ".partial"
+    partial = partial_path(out)
     if os.path.exists(partial):
         os.unlink(partial)
     job = {**job, "path": partial, "engine_args": engine.config.engine_args,
@@ -94,6 +100,37 @@ def _seal(partial: str, out: str, reason: str) -> Optional[str]:
     return out
 
 
-def record_workload(engine: Engine, workload: dict, out: str, *, argv=None) -> dict:
-    return run_capture(engine, "sgl_replay.record.session:record",
-                       {"workload": workload, "source": {"kind": "record"}, "argv": argv}, out)
+CLIENT_START_TIMEOUT_S = 60.0
+
+
+def record_workload(engine: Engine, workload: dict, out: str, *, argv=None,
+                    client: Optional[Callable[[str], None]] = None) -> dict:
+    """Record `workload` on `engine` into `out`. For a serve workload,
+    `client(base_url)` runs in a thread once the recording has started (the
+    trace file exists) and sends whatever HTTP traffic it likes."""
+    job = {"workload": workload, "source": {"kind": "record"}, "argv": argv}
+    if client is None:
+        return run_capture(engine, "sgl_replay.record.session:record", job, out)
+    failures: list[BaseException] = []
+    partial = partial_path(out)
+
+    def run_client() -> None:
+        deadline = time.monotonic() + CLIENT_START_TIMEOUT_S
+        while not os.path.exists(partial) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        try:
+            client(engine.base_url)
+        except BaseException as e:  # noqa: BLE001 — reported after the recording
+            failures.append(e)
+
+    thread = threading.Thread(target=run_client, name="sgl-replay-client", daemon=True)
+    if os.path.exists(partial):
+        os.unlink(partial)
+    thread.start()
+    try:
+        end = run_capture(engine, "sgl_replay.record.session:record", job, out)
+    finally:
+        thread.join(timeout=CLIENT_START_TIMEOUT_S)
+    if failures:
+        raise CaptureFailed(f"client failed: {failures[0]!r}", out) from failures[0]
+    return end

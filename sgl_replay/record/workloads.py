@@ -51,7 +51,7 @@ def output_len(handle) -> int:
 
 # ------------------------------------------------------------------ workloads
 def chunked_prefill(ctx) -> Generator:
-    ctx.start_req(rid="long-0", prompt_len=300, max_new_tokens=4, ignore_eos=True)
+    ctx.start_req(rid="long-0", prompt_len=700, max_new_tokens=4, ignore_eos=True)
     yield from drain(ctx)
 
 
@@ -103,18 +103,22 @@ def pause_in_place(ctx) -> Generator:
 
 
 def kv_pressure(ctx) -> Generator:
-    # 16 requests that need 16 * (48 + 96) tokens of KV in a 1024-token pool:
-    # the scheduler admits on its estimate, then must retract to keep decoding.
+    # 16 requests that may need 16 * (48 + 120) tokens of KV in a 1024-token
+    # pool. They stop at EOS (the token oracle decides where), so the
+    # scheduler admits on its new-token estimate rather than on the worst case
+    # (ignore_eos would reserve it all) and must retract to keep decoding.
     for i in range(16):
-        ctx.start_req(rid=f"kv-{i}", prompt_len=48, max_new_tokens=96, ignore_eos=True)
+        ctx.start_req(rid=f"kv-{i}", prompt_len=48, max_new_tokens=120)
     yield from drain(ctx)
 
 
 def priority(ctx) -> Generator:
     # Two slots, both busy with low-priority work; then a low- and a
-    # high-priority request arrive together, the low one first.
-    for i in range(2):
-        ctx.start_req(rid=f"low-{i}", prompt_len=32, max_new_tokens=24, priority=0, ignore_eos=True)
+    # high-priority request arrive together, the low one first. When low-0
+    # frees its slot, the high-priority request takes it.
+    for i, new_tokens in enumerate((12, 24)):
+        ctx.start_req(rid=f"low-{i}", prompt_len=32, max_new_tokens=new_tokens, priority=0,
+                      ignore_eos=True)
     yield from until(ctx, lambda: ctx.batch_composition()["running"] != [], what="running")
     for _ in range(3):
         yield
@@ -140,13 +144,20 @@ def flush_between_waves(ctx) -> Generator:
             yield
 
 
+# Workloads share engine settings where their shapes allow, so that a test
+# suite or a golden run starts few engines: the default (chunk 256), a small
+# KV pool, and two slots with priority scheduling.
+KV_PRESSURE_ARGS = {"max_total_tokens": 1024}
+TWO_SLOTS_ARGS = {"enable_priority_scheduling": True, "default_priority_value": 0,
+                  "max_running_requests": 2}
+
 BUILTIN: dict[str, Workload] = {w.name: w for w in (
-    Workload("chunked_prefill", "one 300-token prompt through 64-token chunked prefill",
-             chunked_prefill, {"chunked_prefill_size": 64}),
+    Workload("chunked_prefill", "one 700-token prompt through 256-token chunked prefill",
+             chunked_prefill),
     Workload("prefix_reuse", "three prompts sharing a 128-token prefix; the radix cache serves it",
              prefix_reuse),
     Workload("concurrent_decode", "64 concurrent requests, prompts 20..320, 8..31 new tokens",
-             concurrent_decode, {"chunked_prefill_size": 256}),
+             concurrent_decode),
     Workload("abort_mid_decode", "four decoding requests, one aborted after 6 tokens",
              abort_mid_decode),
     Workload("pause_retract", "four decoding requests paused (retract) for 5 iterations, then continued",
@@ -154,12 +165,11 @@ BUILTIN: dict[str, Workload] = {w.name: w for w in (
     Workload("pause_in_place", "four decoding requests paused (in_place) for 5 iterations, then continued",
              pause_in_place),
     Workload("kv_pressure", "16 requests that outgrow a 1024-token KV pool and force retraction",
-             kv_pressure, {"max_total_tokens": 1024, "chunked_prefill_size": 256}),
+             kv_pressure, KV_PRESSURE_ARGS),
     Workload("priority", "priority scheduling with two slots: a high-priority request overtakes",
-             priority, {"enable_priority_scheduling": True, "max_running_requests": 2,
-                        "default_priority_value": 0}),
-    Workload("running_cap", "12 requests through max_running_requests=4", running_cap,
-             {"max_running_requests": 4}),
+             priority, TWO_SLOTS_ARGS),
+    Workload("running_cap", "12 requests through max_running_requests=2", running_cap,
+             TWO_SLOTS_ARGS),
     Workload("flush_between_waves", "three waves of four requests with flush_cache between them",
              flush_between_waves),
 )}

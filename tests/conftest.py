@@ -1,0 +1,65 @@
+"""Shared real engines: one per distinct configuration for the whole session
+(an engine takes about 25 s to start on a 2-core machine)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sgl_replay.engine import EngineConfig, EnginePool
+from sgl_replay.record.runner import record_workload
+from sgl_replay.record.workloads import BUILTIN
+from sgl_replay.trace import TraceReader
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def engines():
+    # tests/ on the engine's path: test-only scripts, and tests/plugins holds a
+    # test-only sglang plugin (inert unless its env var is set).
+    pool = EnginePool(extra_sys_path=(str(TESTS), str(TESTS / "plugins")))
+    yield pool
+    pool.close()
+
+
+def builtin_config(name: str, **overrides) -> EngineConfig:
+    return EngineConfig.embedded(engine_args={**BUILTIN[name].engine_args, **overrides})
+
+
+@pytest.fixture(scope="session")
+def recorded(engines, tmp_path_factory):
+    """Record a built-in workload once per session: name -> trace path."""
+    cache: dict[str, str] = {}
+    root = tmp_path_factory.mktemp("recorded")
+
+    def get(name: str) -> str:
+        if name not in cache:
+            out = str(root / f"{name}.sglt")
+            record_workload(engines.get(builtin_config(name)), {"kind": "builtin", "name": name}, out)
+            cache[name] = out
+        return cache[name]
+
+    return get
+
+
+def read(path: str) -> tuple[dict, list[dict], dict]:
+    with TraceReader(path) as reader:
+        body = list(reader.iterations())
+        return reader.header, body, reader.end
+
+
+def forwards(body: list[dict]) -> list[dict]:
+    return [b for rec in body for b in rec.get("batches", ())]
+
+
+def rid_table(body: list[dict]) -> list[str]:
+    return [x["rid"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "generate"]
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    return env

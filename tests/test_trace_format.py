@@ -1,0 +1,153 @@
+"""The trace file on its own: streaming, torn tails, corruption, versions.
+Pure format logic: no engine."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sgl_replay.trace import TraceError, TraceReader, TraceWriter, seal_incomplete
+from sgl_replay.trace import writer as writer_module
+from sgl_replay.trace.writer import end_record
+
+
+def header(**extra) -> dict:
+    return {"t": "header", "format": 1, "engine_args": {}, "env": {}, "pools": {}, **extra}
+
+
+def iteration(i: int, n_reqs: int = 2) -> dict:
+    return {"t": "iter", "i": i,
+            "batches": [{"fwd": i, "mode": "decode", "reqs": list(range(n_reqs)), "tokens": n_reqs}],
+            "state": {"waiting": 0, "running": n_reqs, "kv_free": 1000 - i, "req_free": 10}}
+
+
+def write(path, records, *, end=True) -> None:
+    w = TraceWriter(str(path), header())
+    for rec in records:
+        w.write(rec)
+    if end:
+        w.close(end_record(complete=True, reason=None, iterations=len(records), forwards=len(records),
+                           requests=0))
+    else:
+        w.flush()
+
+
+def read_all(path):
+    with TraceReader(str(path)) as r:
+        return list(r.iterations()), r.end
+
+
+def test_round_trip_across_many_frames(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FRAME_BYTES", 512)
+    records = [iteration(i) for i in range(500)]
+    write(tmp_path / "t.sglt", records)
+    body, end = read_all(tmp_path / "t.sglt")
+    assert body == records and end["complete"]
+    with TraceReader(str(tmp_path / "t.sglt")) as r:
+        list(r.iterations())
+        assert r.frames > 10
+
+
+def test_plain_zstd_decodes_the_whole_file(tmp_path):
+    records = [iteration(i) for i in range(50)]
+    write(tmp_path / "t.sglt", records)
+    raw = zstandard.ZstdDecompressor().stream_reader(
+        open(tmp_path / "t.sglt", "rb"), read_across_frames=True).read()
+    items = list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
+    assert items[0]["t"] == "header" and items[1:-1] == records and items[-1]["t"] == "end"
+
+
+def test_torn_tail_is_reported_with_frame_and_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
+    write(tmp_path / "t.sglt", [iteration(i) for i in range(100)])
+    data = (tmp_path / "t.sglt").read_bytes()
+    (tmp_path / "cut.sglt").write_bytes(data[: len(data) - 7])
+    seen = []
+    with pytest.raises(TraceError, match=r"frame \d+ at byte \d+: truncated"):
+        with TraceReader(str(tmp_path / "cut.sglt")) as r:
+            for rec in r.iterations():
+                seen.append(rec)
+    assert seen and seen == [iteration(i) for i in range(len(seen))]
+
+
+def test_corrupt_frame_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
+    write(tmp_path / "t.sglt", [iteration(i) for i in range(100)])
+    data = bytearray((tmp_path / "t.sglt").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = b"\xff" * 16
+    (tmp_path / "bad.sglt").write_bytes(bytes(data))
+    with pytest.raises(TraceError, match=r"bad\.sglt: frame \d+ at byte \d+"):
+        read_all(tmp_path / "bad.sglt")
+
+
+def test_newer_format_version_gets_a_clear_error(tmp_path):
+    w = TraceWriter(str(tmp_path / "new.sglt"), header(format=99))
+    w.close(end_record(complete=True, reason=None, iterations=0, forwards=0, requests=0))
+    with pytest.raises(TraceError, match="format version 99.*newer sgl-replay"):
+        TraceReader(str(tmp_path / "new.sglt"))
+
+
+def test_not_a_trace(tmp_path):
+    (tmp_path / "x.sglt").write_bytes(b"hello, world")
+    with pytest.raises(TraceError, match="x.sglt"):
+        TraceReader(str(tmp_path / "x.sglt"))
+    with pytest.raises(TraceError, match="empty file"):
+        (tmp_path / "e.sglt").write_bytes(b"")
+        TraceReader(str(tmp_path / "e.sglt"))
+    with pytest.raises(TraceError, match="cannot open"):
+        TraceReader(str(tmp_path / "missing.sglt"))
+
+
+def test_seal_keeps_every_whole_frame_and_marks_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
+    write(tmp_path / "t.sglt", [iteration(i) for i in range(100)], end=False)
+    data = (tmp_path / "t.sglt").read_bytes()
+    (tmp_path / "t.sglt").write_bytes(data + data[40:90])  # plus half a frame of garbage
+    end = seal_incomplete(str(tmp_path / "t.sglt"), "interrupted")
+    body, read_end = read_all(tmp_path / "t.sglt")
+    assert body == [iteration(i) for i in range(100)]
+    assert read_end == end and end["complete"] is False and end["reason"] == "interrupted"
+    assert end["iterations"] == 100 and end["forwards"] == 100
+    # sealing twice changes nothing
+    assert seal_incomplete(str(tmp_path / "t.sglt"), "again") == end
+
+
+def test_seal_without_a_header_raises(tmp_path):
+    (tmp_path / "t.sglt").write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(TraceError):
+        seal_incomplete(str(tmp_path / "t.sglt"), "x")
+
+
+records_strategy = st.lists(
+    st.builds(lambda i, n, kv: {"t": "iter", "i": i, "state": {"waiting": n, "running": n,
+                                                                   "kv_free": kv, "req_free": 1}},
+              st.integers(0, 10**9), st.integers(0, 300), st.integers(0, 10**6)),
+    max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(records=records_strategy, cut=st.integers(min_value=0, max_value=10**6))
+def test_any_truncation_yields_a_prefix_or_a_named_error(tmp_path_factory, records, cut):
+    """Cut a trace anywhere: the reader yields a prefix of what was written,
+    then either ends cleanly or raises TraceError; nothing else."""
+    path = tmp_path_factory.mktemp("cut") / "t.sglt"
+    writer_module_frame = writer_module.FRAME_BYTES
+    writer_module.FRAME_BYTES = 128
+    try:
+        write(path, records)
+    finally:
+        writer_module.FRAME_BYTES = writer_module_frame
+    data = path.read_bytes()
+    path.write_bytes(data[: cut % (len(data) + 1)])
+    seen = []
+    try:
+        with TraceReader(str(path)) as r:
+            for rec in r.iterations():
+                seen.append(rec)
+    except TraceError:
+        pass
+    assert seen == records[: len(seen)]
