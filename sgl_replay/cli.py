@@ -321,11 +321,7 @@ def _replay(trace: str, output: str, device: Optional[str], overrides: dict) -> 
     from sgl_replay.engine import Engine
     from sgl_replay.replay.runner import engine_config_for, replay_trace
 
-    with TraceReader(trace) as reader:
-        header = reader.header
-        for _ in reader.iterations():  # an unreadable trace fails here, before the engine starts
-            pass
-    config = engine_config_for(header, device=device, engine_args=overrides)
+    config = engine_config_for(_readable_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
         return replay_trace(engine, trace, output,
                             overrides={"device": device, "engine_args": overrides})
@@ -386,31 +382,106 @@ def diff(a: str, b: str, as_json: bool, level: str, ignore: tuple[str, ...], for
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="Keep the observed trace here (default: a temporary file).")
+              help="Keep the (last) observed trace here (default: a temporary file).")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Replay N times on one engine; mixed results are inconclusive (exit 125).")
 @_engine_options
 @_diff_options
 @_errors_to_exit_codes
-def check(trace: str, output: Optional[str], device: Optional[str], engine_args: tuple[str, ...],
-          as_json: bool, level: str, ignore: tuple[str, ...], force: bool) -> None:
+def check(trace: str, output: Optional[str], repeat: int, device: Optional[str],
+          engine_args: tuple[str, ...], as_json: bool, level: str, ignore: tuple[str, ...],
+          force: bool) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
-    Exit 0 same, 1 diverged, 125 the engine could not start or import here
-    (git bisect run skips the revision), 2 bad usage or unreadable trace.
+    Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
+    --repeat replays disagreed (git bisect run skips the revision), 2 bad
+    usage or unreadable trace.
     """
     import tempfile
 
     from sgl_replay.diff.compare import diff as compare
+    from sgl_replay.engine import Engine
+    from sgl_replay.replay.runner import engine_config_for, replay_trace
 
     options = _options(level, ignore, force)
-    with tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
-        observed = output or os.path.join(tmp, "observed.sglt")
-        try:
-            _replay(trace, observed, device, parse_engine_args(engine_args))
-        except ImportError as e:
-            raise Failure(f"cannot import the engine here: {e}", EXIT_SKIP) from None
-        with TraceReader(trace) as ra, TraceReader(observed) as rb:
-            result = compare(ra, rb, options)
-        sys.exit(_report(result, as_json, trace, "replay" if output is None else output))
+    overrides = parse_engine_args(engine_args)
+    header = _readable_header(trace)
+    try:
+        config = engine_config_for(header, device=device, engine_args=overrides)
+        engine = Engine.start(config)
+    except ImportError as e:
+        raise Failure(f"cannot import the engine here: {e}", EXIT_SKIP) from None
+    results = []
+    with engine, tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
+        for run in range(repeat):
+            observed = output if output and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")
+            replay_trace(engine, trace, observed, overrides={"device": device, "engine_args": overrides})
+            with TraceReader(trace) as ra, TraceReader(observed) as rb:
+                results.append(compare(ra, rb, options))
+    diverged = [r for r in results if r.verdict == "diverged"]
+    shown = diverged[0] if diverged else results[0]
+    code = _report(shown, as_json, trace, "replay" if output is None else output)
+    if repeat > 1:
+        click.echo(f"diverged in {len(diverged)} of {repeat} replays"
+                   + (" (inconclusive)" if 0 < len(diverged) < repeat else ""), err=as_json)
+        if 0 < len(diverged) < repeat:
+            code = EXIT_SKIP
+    sys.exit(code)
+
+
+def _readable_header(trace: str) -> dict:
+    """Read the whole trace before anything starts: a bad trace is exit 2."""
+    with TraceReader(trace) as reader:
+        for _ in reader.iterations():
+            pass
+        return reader.header
+
+
+# ------------------------------------------------------------------ bisect
+@main.command("bisect")
+@click.option("--repo", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Git repository of the code under test (sglang, or a package that changes scheduling).")
+@click.option("--good", required=True, help="A revision that reproduces the trace.")
+@click.option("--bad", required=True, help="A revision that does not.")
+@click.option("--subdir", default=".", show_default=True,
+              help="Where the installable package sits in the repository (sglang: python).")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Replays per step; a step with mixed results is inconclusive and skipped.")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@_engine_options
+@_errors_to_exit_codes
+def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, trace: str,
+                   device: Optional[str], engine_args: tuple[str, ...]) -> None:
+    """Find the first commit between GOOD and BAD whose engine no longer
+    reproduces TRACE.
+
+    Runs git bisect in a linked worktree (your checkout is left as it is);
+    each revision is pip-installed into a scratch directory that goes first on
+    PYTHONPATH for `sgl-replay check`; nothing is installed into your
+    environment. Revisions whose engine cannot start or whose plugins fail to
+    import are skipped.
+    """
+    from sgl_replay.bisect import BisectError, bisect
+
+    _readable_header(trace)
+    check_args = tuple(a for pair in engine_args for a in ("--engine-arg", pair))
+    check_args += ("--device", device) if device else ()
+    try:
+        result = bisect(repo, good, bad, trace, repeat=repeat, subdir=subdir, check_args=check_args,
+                        echo=lambda line: click.echo(line, err=True))
+    except BisectError as e:
+        raise Failure(str(e), e.exit_code) from None
+    skipped = ", ".join(s.commit[:10] for s in result.skipped) or "none"
+    if result.first_bad:
+        click.echo(f"first bad commit: {result.first_bad} {result.subject}")
+        click.echo(result.report.rstrip())
+    else:
+        click.echo("no single first bad commit: only skipped commits are left; it is one of:")
+        for sha in result.candidates:
+            click.echo(f"  {sha}")
+    click.echo(f"{len(result.steps)} steps, {len(result.skipped)} skipped ({skipped}), "
+               f"{result.seconds:.0f}s wall time")
+    sys.exit(0 if result.first_bad else EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ ENGINE_READY_TIMEOUT_S = 300.0  # start-up plus sglang's warmup request
 POLL_INTERVAL_S = 0.2  # how often a wait checks that the engine is alive
 STOP_GRACE_S = 1.0  # after Shutdown, before the process tree is killed
 LOG_TAIL_LINES = 12
+# What sglang logs (and otherwise ignores) when a plugin breaks.
+PLUGIN_FAILURE_MARKERS = ("Failed to load plugin", "Failed to execute general plugin",
+                          "Failed to apply hooks to")
 ZOMBIE_GRACE_S = 1.0
 EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
 
@@ -238,6 +241,18 @@ class Engine:
                 raise EngineError(f"engine HTTP port {self.http_port} not bound within "
                                   f"{timeout_s:.0f}s; log: {self.log_path}")
             time.sleep(POLL_INTERVAL_S)
+        self._check_plugins()
+
+    def _check_plugins(self) -> None:
+        """sglang only logs a plugin that fails to import, run or hook. An
+        engine missing part of the code under test does not run this
+        revision: say so (exit 125) rather than compare without it."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        for k, line in enumerate(lines):
+            if any(marker in line for marker in PLUGIN_FAILURE_MARKERS):
+                cause = next((l.strip() for l in lines[k + 1:k + 40] if "Error" in l and ":" in l), "")
+                raise EngineError(f"sglang plugin failed in the engine: {line.split('] ', 1)[-1]}"
+                                  + (f" ({cause})" if cause else ""))
 
     def _check_alive(self, when: str) -> None:
         code = self._process.poll()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sgl_replay.engine import EngineConfig, EnginePool
+from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import record_workload
 from sgl_replay.record.workloads import BUILTIN
 from sgl_replay.trace import TraceReader
@@ -17,12 +17,12 @@ TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
-def engines():
-    # tests/ on the engine's path: test-only scripts, and tests/plugins holds a
-    # test-only sglang plugin (inert unless its env var is set).
-    pool = EnginePool(extra_sys_path=(str(TESTS), str(TESTS / "plugins")))
-    yield pool
-    pool.close()
+def engines(sgl_replay_engines):
+    """sgl-replay's pytest plugin owns the pool, so the golden suite shares
+    these engines. Its engines import from tests/ (test-only scripts) and
+    tests/plugins (a test-only sglang plugin, inert unless its env var is
+    set): see sgl_replay_pythonpath in pyproject.toml."""
+    return sgl_replay_engines
 
 
 def builtin_config(name: str, **overrides) -> EngineConfig:

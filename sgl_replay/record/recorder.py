@@ -27,7 +27,7 @@ import logging
 import time
 import traceback
 from array import array
-from typing import Any, Optional
+from typing import Any, Generator, Optional
 
 from sgl_replay.record import inputs as input_codec
 from sgl_replay.trace.format import ITER
@@ -38,6 +38,13 @@ logger = logging.getLogger(__name__)
 # The probe installed in this scheduler process (driver rank only), or None.
 PROBE: Optional["Probe"] = None
 
+
+
+# sglang's HTTP server, 2 s after a streamed /generate response ends, aborts
+# that rid if it is in use again (its client-disconnect check). A capture that
+# reuses rids sooner on the same engine would have its requests aborted by the
+# previous run: captures after the first on an engine start this much later.
+STREAM_ABORT_GRACE_S = 2.2
 
 
 class RecorderNotActive(RuntimeError):
@@ -132,6 +139,21 @@ class Probe:
         self.proxy_wrapper: Optional[RecordingProxy] = None
         self.recording: Optional[Recording] = None
         self.failure: Optional[str] = None
+        self.last_end: Optional[float] = None  # when the previous capture's traffic ended
+        self.left_in_flight = False  # requests outlived it (the next reset aborts them)
+
+    def settle(self) -> Generator:
+        """Before a capture on an engine that already ran one: turn the loop
+        until sglang's stale stream-abort tasks of the last one have fired."""
+        if self.last_end is None:
+            return
+        since = time.monotonic() if self.left_in_flight else self.last_end
+        while time.monotonic() - since < STREAM_ABORT_GRACE_S:
+            time.sleep(0.005)
+            yield
+
+    def mark_traffic_end(self) -> None:
+        self.last_end = time.monotonic()
 
     def start(self, path: str, header: dict) -> "Recording":
         assert self.recording is None, "a recording is already active"
@@ -145,6 +167,8 @@ class Probe:
             complete, reason = False, f"recorder failed: {self.failure.strip().splitlines()[-1]}"
         if rec is None:
             raise RecorderNotActive("no active recording to stop")
+        self.left_in_flight = bool(getattr(rec, "live", None) or getattr(rec, "pending", None))
+        self.mark_traffic_end()
         end = rec.close(complete=complete, reason=reason)
         if self.failure is not None:
             raise RuntimeError(f"sgl-replay recorder failed inside the scheduler:\n{self.failure}")

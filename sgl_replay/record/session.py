@@ -23,6 +23,7 @@ from sgl_replay.trace.format import FORMAT_VERSION, HEADER
 def record(ctx, job: dict) -> Generator:
     probe = active_probe(ctx.scheduler)
     workload = _workload_generator(ctx, job["workload"])
+    yield from probe.settle()
     probe.start(job["path"], build_header(ctx.scheduler, job))
     try:
         yield from workload

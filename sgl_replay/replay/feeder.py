@@ -10,8 +10,12 @@ iteration as in the recording, and in the same order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Generator
+import threading
+import time
+from concurrent.futures import Future
+from typing import Generator, Optional
 
 from sgl_replay.record import inputs as input_codec
 from sgl_replay.record.recorder import active_probe
@@ -25,15 +29,61 @@ logger = logging.getLogger(__name__)
 # tokenizer manager drops an abort for a request that already finished);
 # the diff will show it missing from the replay.
 ARRIVAL_TIMEOUT_S = 5.0
+# After the last recorded iteration the loop keeps turning until the HTTP
+# calls of this replay have their answers, so that nothing of it is still in
+# the tokenizer manager when the next run reuses the same rids.
+RESPONSES_DRAIN_S = 60.0
+
+
+class Poster:
+    """HTTP calls from inside the scheduler process, on a background event
+    loop with one long-lived session. The session is never closed under a
+    pending call: the tokenizer manager aborts a request whose client went
+    away, by rid, and that abort would land in whatever run came next."""
+
+    def __init__(self) -> None:
+        import aiohttp
+
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="sgl-replay-poster", daemon=True).start()
+
+        async def make_session():
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=aiohttp.ClientTimeout(total=None))
+
+        self._session = asyncio.run_coroutine_threadsafe(make_session(), self._loop).result()
+        self._pending: set[Future] = set()
+
+    def post(self, url: str, body: Optional[dict]) -> None:
+        async def call() -> None:
+            async with self._session.post(url, json=body) as response:
+                await response.read()
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+_poster: Optional[Poster] = None
+
+
+def _shared_poster() -> Poster:
+    global _poster
+    if _poster is None:
+        _poster = Poster()
+    return _poster
 
 
 def replay(ctx, job: dict) -> Generator:
-    from sglang.test.scripted_runtime.background_http_poster import BackgroundHttpPoster
-
     probe = active_probe(ctx.scheduler)
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
-    poster = BackgroundHttpPoster()
+    poster = _shared_poster()
+    yield from probe.settle()
     with TraceReader(job["trace"]) as recorded:
         job = {**job, "workload": recorded.header.get("workload")}
         probe.start(job["path"], build_header(ctx.scheduler, job))
@@ -48,9 +98,11 @@ def replay(ctx, job: dict) -> Generator:
         except Exception as e:
             probe.stop(complete=False, reason=f"replay stopped: {type(e).__name__}: {e}")
             raise
-        finally:
-            poster.close()
     probe.stop(complete=True)
+    deadline = time.monotonic() + RESPONSES_DRAIN_S
+    while poster.pending and time.monotonic() < deadline:
+        yield
+    probe.mark_traffic_end()
 
 
 def _feed(probe, poster, base_url: str, item: dict) -> None:
@@ -58,11 +110,7 @@ def _feed(probe, poster, base_url: str, item: dict) -> None:
         logger.warning("sgl-replay: input %s cannot be replayed; skipped", item)
         return
     path, body, arrived = input_codec.to_http(item)
-
-    async def post() -> None:
-        await poster.post(base_url + path, body)
-
-    poster.submit_coro(post())
+    poster.post(base_url + path, body)
     try:
         probe.proxy.wait_until_arrived(arrived, timeout_s=ARRIVAL_TIMEOUT_S,
                                        description=f"{item['type']} {item.get('rid', '')}")

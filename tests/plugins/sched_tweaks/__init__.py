@@ -8,6 +8,8 @@ a baseline and every tweak in turn:
   reverse_waiting     reverse the waiting queue after the policy sorted it
   cap_prefill_2       admit at most 2 requests into one prefill batch
   reverse_retraction  retract the most-preferred request first, not the least
+  flaky               reverse_waiting in every second run (a run starts after
+                      a second without scheduling), like a nondeterministic bug
 
 With SCHED_TWEAKS_WITNESS set, it also appends, for every scheduler loop
 iteration that received requests, the iteration number (its own count of
@@ -16,8 +18,9 @@ process_input_requests calls) and the rids, as the scheduler saw them.
 
 import json
 import os
+import time
 
-_state = {"mtime": None, "mode": "off", "calls": 0}
+_state = {"mtime": None, "mode": "off", "calls": 0, "runs": 0, "last_sort": 0.0}
 
 
 def _mode() -> str:
@@ -35,7 +38,12 @@ def _mode() -> str:
 
 def _calc_priority(original, self, waiting_queue, *args, **kwargs):
     result = original(self, waiting_queue, *args, **kwargs)
-    if _mode() == "reverse_waiting":
+    now = time.monotonic()
+    if now - _state["last_sort"] > 1.0:
+        _state["runs"] += 1
+    _state["last_sort"] = now
+    mode = _mode()
+    if mode == "reverse_waiting" or (mode == "flaky" and _state["runs"] % 2 == 0):
         waiting_queue.reverse()
     return result
 

@@ -1,0 +1,200 @@
+"""Golden traces: a directory of traces plus a manifest saying how each was
+made, replayed on the real engine and diffed, the way snapshot tools check
+snapshots (syrupy, insta): a golden that changed fails with its diff report,
+`--sgl-replay-update` records it anew, a manifest entry without its trace is
+missing, a trace without its manifest entry is unused.
+
+    traces/goldens.toml
+        [kv_pressure]
+        workload = "kv_pressure"            # built-in, module:function, or "serve"
+        description = "..."                 # optional for built-ins
+        engine_args = { max_total_tokens = 1024 }   # optional, on top of the workload's
+        client = "clients:irregular"        # serve: sends the traffic, called with the URL
+        duration = 30                       # serve: seconds, and/or
+        idle_timeout = 1.0                  #        stop once idle this long
+
+This module does the work; sgl_replay.pytest_plugin only connects it to pytest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from sgl_replay.diff.compare import DiffResult, Options, diff
+from sgl_replay.diff.report import text_lines
+from sgl_replay.engine import EngineConfig, EnginePool
+from sgl_replay.record.runner import record_workload
+from sgl_replay.record.workloads import BUILTIN
+from sgl_replay.replay.runner import engine_config_for, replay_trace
+from sgl_replay.trace.reader import TraceReader
+
+MANIFEST = "goldens.toml"
+SUFFIX = ".sglt"
+
+
+class ManifestError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Golden:
+    name: str
+    path: Path
+    workload: str
+    description: str
+    engine_args: dict = field(default_factory=dict)
+    client: Optional[str] = None
+    duration: Optional[float] = None
+    idle_timeout: Optional[float] = None
+
+    def workload_spec(self) -> dict:
+        if self.workload == "serve":
+            return {"kind": "serve", "duration_s": self.duration, "idle_s": self.idle_timeout,
+                    "description": self.description}
+        kind = "builtin" if self.workload in BUILTIN else "script"
+        return {"kind": kind, "name": self.workload, "description": self.description}
+
+    def engine_config(self) -> EngineConfig:
+        defaults = BUILTIN[self.workload].engine_args if self.workload in BUILTIN else {}
+        return EngineConfig.embedded(engine_args={**defaults, **self.engine_args})
+
+
+def load_manifest(directory: Path) -> list[Golden]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = directory / MANIFEST
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest; list the goldens in it") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"{path}: {e}") from None
+    goldens = []
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or "workload" not in entry:
+            raise ManifestError(f"{path}: [{name}] needs a workload")
+        unknown = set(entry) - {"workload", "description", "engine_args", "client", "duration",
+                                "idle_timeout"}
+        if unknown:
+            raise ManifestError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
+        workload = entry["workload"]
+        if workload not in BUILTIN and workload != "serve" and ":" not in workload:
+            raise ManifestError(f"{path}: [{name}] workload {workload!r} is not a built-in, "
+                                f"'serve', or module:function")
+        if workload == "serve" and not (entry.get("duration") or entry.get("idle_timeout")):
+            raise ManifestError(f"{path}: [{name}] serve needs duration and/or idle_timeout")
+        description = entry.get("description") or (BUILTIN[workload].description
+                                                    if workload in BUILTIN else "")
+        if not description:
+            raise ManifestError(f"{path}: [{name}] needs a one-line description")
+        goldens.append(Golden(name=name, path=directory / f"{name}{SUFFIX}", workload=workload,
+                              description=description, engine_args=entry.get("engine_args", {}),
+                              client=entry.get("client"), duration=entry.get("duration"),
+                              idle_timeout=entry.get("idle_timeout")))
+    return goldens
+
+
+def unused_traces(directory: Path, goldens: list[Golden]) -> list[Path]:
+    named = {g.path.name for g in goldens}
+    return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.name not in named)
+
+
+def _resolve(dotted: str) -> Callable:
+    module, _, attr = dotted.partition(":")
+    fn = importlib.import_module(module)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    return fn
+
+
+@dataclass
+class Outcome:
+    golden: Golden
+    status: str  # "same" | "diverged" | "missing" | "created" | "updated" | "unchanged"
+    report: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class GoldenSuite:
+    """Replays (or re-records) goldens on a shared EnginePool: one engine
+    start per distinct configuration, shared by every golden that needs it."""
+
+    def __init__(self, pool: EnginePool, *, device: Optional[str] = None,
+                 options: Options = Options(), scratch: Optional[Path] = None) -> None:
+        self.pool = pool
+        self.device = device
+        self.options = options
+        self.scratch = scratch or Path(os.environ.get("TMPDIR", "/tmp"))
+        self.outcomes: list[Outcome] = []
+
+    def check(self, golden: Golden) -> Outcome:
+        started = time.monotonic()
+        if not golden.path.exists():
+            outcome = Outcome(golden, "missing", [
+                f"golden {golden.name} is missing: {golden.path} does not exist; "
+                f"record it with --sgl-replay-update"])
+        else:
+            with TraceReader(str(golden.path)) as reader:
+                header = reader.header
+            engine = self.pool.get(engine_config_for(header, device=self.device))
+            observed = self.scratch / f"{golden.name}.observed{SUFFIX}"
+            replay_trace(engine, str(golden.path), str(observed))
+            result = self._diff(golden.path, observed)
+            lines = list(text_lines(result, str(golden.path), "replay"))
+            outcome = Outcome(golden, "same" if result.same else "diverged", lines)
+            if result.same:
+                observed.unlink()
+        outcome.seconds = time.monotonic() - started
+        self.outcomes.append(outcome)
+        return outcome
+
+    def update(self, golden: Golden) -> Outcome:
+        """Record the golden anew (re-run its workload; a serve golden without
+        a client is replayed instead, its inputs kept). An unchanged golden
+        keeps its file."""
+        started = time.monotonic()
+        fresh = self.scratch / f"{golden.name}.fresh{SUFFIX}"
+        if golden.workload == "serve" and golden.client is None:
+            if not golden.path.exists():
+                raise ManifestError(f"golden {golden.name}: a serve golden without a client "
+                                    f"cannot be recorded here; record it with `sgl-replay record serve`")
+            with TraceReader(str(golden.path)) as reader:
+                config = engine_config_for(reader.header, device=self.device)
+            replay_trace(self.pool.get(config), str(golden.path), str(fresh))
+        else:
+            client = _resolve(golden.client) if golden.client else None
+            record_workload(self.pool.get(golden.engine_config()), golden.workload_spec(), str(fresh),
+                            client=client)
+        if not golden.path.exists():
+            status, lines = "created", [f"created {golden.path}"]
+        else:
+            result = self._diff(golden.path, fresh)
+            status = "unchanged" if result.same else "updated"
+            lines = [] if result.same else list(text_lines(result, f"{golden.path} (old)", "new"))
+        if status == "unchanged":
+            fresh.unlink()
+        else:
+            os.replace(fresh, golden.path)
+        outcome = Outcome(golden, status, lines, time.monotonic() - started)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def _diff(self, a: Path, b: Path) -> DiffResult:
+        with TraceReader(str(a)) as ra, TraceReader(str(b)) as rb:
+            return diff(ra, rb, self.options)
+
+    def summary(self, elapsed_s: float) -> str:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        return (f"sgl-replay: {len(self.outcomes)} goldens in {elapsed_s:.1f}s ({parts}; "
+                f"{self.pool.starts} engine starts)")

@@ -1,0 +1,164 @@
+"""Bisect on the real engine over a throwaway git repository of an sglang
+plugin package: one commit changes scheduling through HookRegistry, another
+breaks its import."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, cli_env
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tweakplug"
+version = "{version}"
+
+[project.entry-points."sglang.srt.plugins"]
+tweakplug = "tweakplug:register"
+
+[tool.setuptools]
+py-modules = ["tweakplug"]
+"""
+
+INERT = '''"""An sglang plugin that will tune scheduling."""
+
+
+def register():
+    pass
+'''
+
+LOGS = '''"""An sglang plugin that will tune scheduling."""
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register():
+    logger.info("tweakplug loaded")
+'''
+
+REVERSES = '''"""An sglang plugin that tunes scheduling: newest waiting requests first."""
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def _newest_first(original, self, waiting_queue, *args, **kwargs):
+    result = original(self, waiting_queue, *args, **kwargs)
+    waiting_queue.reverse()
+    return result
+
+
+def register():
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.managers.schedule_policy.SchedulePolicy.calc_priority",
+                          _newest_first, HookType.AROUND)
+    logger.info("tweakplug loaded")
+'''
+
+# (message, module text, version); git bisect tests the 4th commit first, so
+# the broken one is there: the first step must be skipped.
+HISTORY = [
+    ("add tweakplug, an sglang plugin that does nothing yet", INERT, "0.1.0"),
+    ("document the plugin", INERT.replace("will tune", "is going to tune"), "0.1.0"),
+    ("log when the plugin loads", LOGS, "0.1.1"),
+    ("refactor the logger (breaks the import)", LOGS.replace("import logging", "import logging as"), "0.1.2"),
+    ("fix the import", LOGS, "0.1.3"),
+    ("schedule the newest waiting requests first", REVERSES, "0.2.0"),
+    ("tidy the hook's name", REVERSES.replace("_newest_first", "_newest_requests_first"), "0.2.1"),
+    ("bump the version", REVERSES.replace("_newest_first", "_newest_requests_first"), "0.3.0"),
+]
+REGRESSION, BROKEN = 5, 3  # indexes into HISTORY
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def plugin_repo(tmp_path) -> tuple[Path, list[str]]:
+    repo = tmp_path / "tweakplug"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "dev@example.invalid")
+    git(repo, "config", "user.name", "dev")
+    shas = []
+    for message, module, version in HISTORY:
+        (repo / "pyproject.toml").write_text(PYPROJECT.format(version=version))
+        (repo / "tweakplug.py").write_text(module)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", message)
+        shas.append(git(repo, "rev-parse", "HEAD"))
+    (repo / "notes.txt").write_text("uncommitted work the bisect must not touch\n")
+    return repo, shas
+
+
+def repo_state(repo: Path) -> tuple:
+    return (git(repo, "rev-parse", "HEAD"), git(repo, "branch", "--show-current"),
+            git(repo, "status", "--porcelain"), git(repo, "worktree", "list", "--porcelain").count("worktree "),
+            git(repo, "for-each-ref", "refs/bisect"))
+
+
+def test_bisect_names_the_commit_that_changed_scheduling(recorded, plugin_repo):
+    repo, shas = plugin_repo
+    before = repo_state(repo)
+    trace = recorded("running_cap")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[0],
+         "--bad", shas[-1], trace], cwd=TESTS, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert f"first bad commit: {shas[REGRESSION]} {HISTORY[REGRESSION][0]}" in proc.stdout
+    assert "diverged at iteration 0" in proc.stdout  # with its divergence report
+    steps = [l for l in proc.stderr.splitlines() if l.startswith("step ")]
+    assert steps[0].startswith(f"step 1: {shas[BROKEN][:10]}") and ": skip (" in steps[0]
+    assert "sglang plugin failed" in steps[0]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"{len(steps)} steps, 1 skipped ({shas[BROKEN][:10]})")
+    assert summary.endswith("s wall time")
+    assert repo_state(repo) == before
+
+
+def test_bisect_interrupted_leaves_the_repository_as_it_was(recorded, plugin_repo):
+    repo, shas = plugin_repo
+    before = repo_state(repo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[0],
+         "--bad", shas[-1], recorded("running_cap")], cwd=TESTS, env=cli_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(8)  # inside the first step: installing, or starting its engine
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert repo_state(repo) == before
+
+
+def test_plain_git_bisect_run_works_with_the_code_on_pythonpath(recorded, plugin_repo, tmp_path):
+    """`git bisect run sgl-replay check TRACE` in a checkout whose code the
+    engine imports (here from PYTHONPATH, with the plugin's entry point)."""
+    repo, shas = plugin_repo
+    dist = repo / "tweakplug-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tweakplug\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[sglang.srt.plugins]\ntweakplug = tweakplug:register\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{repo}:{env['PYTHONPATH']}"
+    git(repo, "bisect", "start", shas[-1], shas[0])
+    try:
+        proc = subprocess.run(["git", "bisect", "run", sys.executable, "-m", "sgl_replay.cli", "check",
+                               recorded("running_cap")], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=900)
+    finally:
+        git(repo, "bisect", "reset")
+    assert f"{shas[REGRESSION]} is the first bad commit" in proc.stdout, proc.stdout + proc.stderr
