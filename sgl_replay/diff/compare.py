@@ -158,7 +158,8 @@ def compare_headers(a: dict, b: dict) -> tuple[list[str], list[str]]:
 # ------------------------------------------------------------------ records
 class _Side:
     """One trace's running state while streaming: its request table, the last
-    records for context, the last state, and per-request lifecycles."""
+    records for context, the last state, and per-request lifecycles (a short
+    list per request: memory grows with requests, never with iterations)."""
 
     __slots__ = ("rids", "context", "state", "life", "iterations", "forwards")
 
@@ -166,9 +167,19 @@ class _Side:
         self.rids: list[str] = []
         self.context: deque = deque(maxlen=CONTEXT_ITERATIONS)
         self.state: Optional[dict] = None
-        self.life: dict[str, dict] = {}
+        self.life: dict[str, list] = {}
         self.iterations = 0
         self.forwards = 0
+
+    def fork(self) -> "_Side":
+        """A copy to go on separately from here (the traces just parted)."""
+        other = _Side()
+        other.rids = list(self.rids)
+        other.context = deque(self.context, maxlen=CONTEXT_ITERATIONS)
+        other.state = self.state
+        other.life = {rid: list(row) for rid, row in self.life.items()}
+        other.iterations, other.forwards = self.iterations, self.forwards
+        return other
 
     def absorb(self, record: dict) -> None:
         """Update the request table and lifecycles from one record. Decode
@@ -176,28 +187,33 @@ class _Side:
         finishes and retractions are looked at."""
         i = record["i"]
         rids, life = self.rids, self.life
-        for item in record.get("inputs", ()):
-            if item["type"] == "generate":
-                rids.append(item["rid"])
-                life[item["rid"]] = {"rid": item["rid"], "arrival": i}
-        for batch in record.get("batches", ()):
-            self.forwards += 1
-            if "new" not in batch:
-                continue
-            chunked = batch.get("chunked")
-            for n, cached in zip(batch["reqs"], batch["cached"]):
+        if "inputs" in record:
+            for item in record["inputs"]:
+                if item["type"] == "generate":
+                    rids.append(item["rid"])
+                    # the columns of Lifecycle, in order
+                    life[item["rid"]] = [i, None, None, None, None, None, 0, 0]
+        batches = record.get("batches")
+        if batches:
+            self.forwards += len(batches)
+            for batch in batches:
+                if "new" not in batch:
+                    continue
+                chunked = batch.get("chunked")
+                for n, cached in zip(batch["reqs"], batch["cached"]):
+                    row = life[rids[n]]
+                    if row[1] is None:
+                        row[1] = i
+                        row[7] = cached
+                    if n != chunked and row[2] is None:
+                        row[2] = i
+        if "finished" in record:
+            for n, reason, length, _ in record["finished"]:
                 row = life[rids[n]]
-                if "first_scheduled" not in row:
-                    row["first_scheduled"] = i
-                    row["cached"] = cached
-                if n != chunked and "first_token" not in row:
-                    row["first_token"] = i
-        for n, reason, length, _ in record.get("finished", ()):
-            row = life[rids[n]]
-            row.update(finish=i, reason=reason, output_len=length)
-        for n in record.get("retracted", ()):
-            row = life[rids[n]]
-            row["retractions"] = row.get("retractions", 0) + 1
+                row[3], row[4], row[5] = i, reason, length
+        if "retracted" in record:
+            for n in record["retracted"]:
+                life[rids[n]][6] += 1
         if "state" in record:
             self.state = record["state"]
         self.iterations += 1
@@ -265,13 +281,21 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
         return DiffResult("not comparable", options.level, tuple(sorted(options.ignore)),
                           tuple(blocking), tuple(notes), 0, 0, None, {}, 0, (), None, None)
     dropped = options.dropped
-    sa, sb = _Side(), _Side()
+    sa = _Side()
+    sb: Optional[_Side] = None  # while None the traces run in lockstep: sa stands for both
     first: Optional[FirstDivergence] = None
     kinds = {k: 0 for k in _KINDS}
     differing = 0
     agree = True  # both traces gave every request number the same rid so far
     checked = 0  # request numbers verified to agree
     for i, ra, rb in _merge(a.iterations(), b.iterations()):
+        if sb is None:
+            if ra == rb:  # the common case: identical records, one side's bookkeeping
+                sa.absorb(ra)
+                sa.context.append(ra)
+                continue
+            sb = sa.fork()
+            checked = len(sa.rids)
         before_a, before_b = sa.state, sb.state
         if ra is not None:
             sa.absorb(ra)
@@ -303,6 +327,8 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
                 sa.context.append(ra)
             if rb is not None:
                 sb.context.append(rb)
+    if sb is None:
+        sb = sa
     end_a, end_b = a.end, b.end
     end_differs = _end_differences(end_a, end_b)
     if end_differs and first is None:
@@ -343,13 +369,12 @@ def _end_differences(a: Optional[dict], b: Optional[dict]) -> list[str]:
 
 
 def _lifecycles(sa: _Side, sb: _Side) -> tuple:
-    rows = []
-    order = list(dict.fromkeys(list(sa.life) + list(sb.life)))
-    for rid in order:
-        la = Lifecycle(**sa.life[rid]) if rid in sa.life else None
-        lb = Lifecycle(**sb.life[rid]) if rid in sb.life else None
-        rows.append((rid, la, lb))
-    return tuple(rows)
+    def lifecycle(rid: str, row: Optional[list]) -> Optional[Lifecycle]:
+        return None if row is None else Lifecycle(rid, *row)
+
+    order = dict.fromkeys(list(sa.life) + list(sb.life))
+    return tuple((rid, lifecycle(rid, sa.life.get(rid)), lifecycle(rid, sb.life.get(rid)))
+                 for rid in order)
 
 
 # ------------------------------------------------------------------ explain

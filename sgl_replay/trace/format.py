@@ -12,7 +12,7 @@ are a stream of msgpack maps:
               "finished":  [[req, reason, output_len, output_hash], ...]
               "retracted": [req, ...]}
     end      {"t": "end", "complete": bool, "reason": str | None,
-              "iterations": n, "forwards": n, "requests": n}
+              "iterations": n, "forwards": n, "requests": n, "seconds": loop time}
 
 An iteration in which nothing was pulled, nothing ran and no size changed is
 not written: gaps in "i" are idle loop iterations.
@@ -28,7 +28,8 @@ keeps the hot records small and fast to compare. The rid is in the input.
              {"type": "pause", "mode"}      {"type": "continue"}
              {"type": "flush"}              {"type": "other", "name"}
     batch    {"fwd": forward index in this run, "mode": "extend" | "decode" |
-              "mixed" | "idle" ..., "reqs": [req, ...], "tokens": total new
+              "mixed" | "idle" ..., "reqs": [req, ...] (left out when the same
+              as the previous forward batch's: most decode steps), "tokens": total new
               tokens, and for extend/mixed batches "new": [tokens per req],
               "cached": [cached-prefix tokens per req]; "chunked": req when a
               request is mid chunked prefill}
@@ -37,11 +38,11 @@ keeps the hot records small and fast to compare. The rid is in the input.
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
-# Versions this code still reads. Version 0 never left a prototype, so there is
-# nothing to migrate yet; a future version lists its predecessors here and
-# migrates them in reader.upgrade_record.
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+# Versions this code reads. Version 1 wrote "reqs" in every batch; version 2
+# leaves it out when unchanged. The reader fills it in, so a version-1 trace
+# reads, replays and diffs as it is.
+READABLE_VERSIONS = (1, 2)
 
 SUFFIX = ".sglt"
 

@@ -64,10 +64,23 @@ class TraceReader:
         self._file.close()
 
     def iterations(self) -> Iterator[dict]:
-        """Yield iteration records in order; stop at the end record."""
+        """Yield iteration records in order; stop at the end record. Every
+        batch comes with its "reqs", filled in where the trace left it out
+        because it repeats the previous batch's (the lists are shared: do not
+        mutate them)."""
+        last_reqs = None
         for record in self._records:
             kind = record.get("t") if isinstance(record, dict) else None
             if kind == ITER:
+                for batch in record.get("batches", ()):
+                    reqs = batch.get("reqs")
+                    if reqs is None:
+                        if last_reqs is None:
+                            raise TraceError(f"{self.path}: iteration {record.get('i')}: a batch "
+                                             f"repeats requests before any were named")
+                        batch["reqs"] = last_reqs
+                    else:
+                        last_reqs = reqs
                 yield record
             elif kind == END:
                 self.end = record

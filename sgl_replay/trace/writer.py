@@ -68,9 +68,12 @@ class TraceWriter:
 
 
 def end_record(*, complete: bool, reason: Optional[str], iterations: int,
-               forwards: int, requests: int) -> dict[str, Any]:
-    return {"t": END, "complete": complete, "reason": reason,
-            "iterations": iterations, "forwards": forwards, "requests": requests}
+               forwards: int, requests: int, seconds: Optional[float] = None) -> dict[str, Any]:
+    end = {"t": END, "complete": complete, "reason": reason,
+           "iterations": iterations, "forwards": forwards, "requests": requests}
+    if seconds is not None:
+        end["seconds"] = seconds  # loop time from the first iteration to the last
+    return end
 
 
 def seal_incomplete(path: str, reason: str) -> dict:

@@ -27,3 +27,19 @@ def concurrent_64(ctx):
     for i in range(64):
         ctx.start_req(rid=f"c64-{i}", prompt_len=48, max_new_tokens=96, ignore_eos=True)
     yield from drain(ctx)
+
+
+def concurrent_64_timed(ctx):
+    """concurrent_64, timing itself: appends {"iterations", "seconds"} to the
+    file named by SGLREPLAY_BENCH_RESULTS (the same code whether recorded or not)."""
+    import json
+    import os
+    import time
+
+    started = time.perf_counter()
+    iterations = 0
+    for _ in concurrent_64(ctx):
+        iterations += 1
+        yield
+    with open(os.environ["SGLREPLAY_BENCH_RESULTS"], "a") as f:
+        f.write(json.dumps({"iterations": iterations, "seconds": time.perf_counter() - started}) + "\n")

@@ -80,7 +80,8 @@ def main() -> None:
             fresh = SimpleNamespace(rid=f"req-{next_req}", finished_reason=None, retraction_count=0,
                                     output_ids=array("q", [7] * 10))
             rec.req_of_rid[fresh.rid] = next_req
-            rec.live[next_req] = [fresh, 0]
+            rec.live[next_req] = fresh  # as if it had prefilled
+            rec._relive()
             next_req += 1
             running.reqs.append(fresh)
         rec.end_iteration()

@@ -1,0 +1,90 @@
+"""Loop time of the real engine with the recorder against without it, and of
+a replay against its recording: side by side, alternating, on one engine.
+
+One engine (embedded model; --device cuda on a GPU machine). Each round runs
+the same 64-request workload three ways: as a plain scripted-runtime script
+(sgl-replay's hooks installed but not recording), recorded, and replayed from
+that recording. The workload times itself in the first two; the replay's loop
+time comes from its trace. Medians over the rounds.
+
+    python tools/bench/recorder_overhead.py [--rounds 5] [--device cpu|cuda]
+
+Prints one JSON line last: {"bench": "recorder_overhead", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from sgl_replay.engine import Engine, EngineConfig
+from sgl_replay.record.runner import record_workload
+from sgl_replay.replay.runner import DEVICE_ARGS, replay_trace
+from sgl_replay.trace import TraceReader
+
+HERE = Path(__file__).parent
+WORKLOAD = "bench_workloads:concurrent_64_timed"
+
+
+def last_timing(path: Path) -> float:
+    entry = json.loads(path.read_text().splitlines()[-1])
+    return entry["seconds"] / entry["iterations"]
+
+
+def trace_loop_time(path: str) -> float:
+    with TraceReader(path) as r:
+        for _ in r.iterations():
+            pass
+        return r.end["seconds"] / r.end["iterations"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="sgl-replay-bench-"))
+    results = tmp / "timings.jsonl"
+    config = EngineConfig.embedded(engine_args=DEVICE_ARGS[args.device],
+                                   env={"SGLREPLAY_BENCH_RESULTS": str(results)})
+    plain, recorded, replayed, replay_vs_record = [], [], [], []
+    with Engine.start(config, extra_sys_path=(str(HERE),)) as engine:
+        engine.run_script(WORKLOAD)  # warm-up (first-use compilation on a GPU)
+        for k in range(args.rounds):
+            engine.run_script(WORKLOAD)
+            plain.append(last_timing(results))
+            trace = str(tmp / f"run-{k}.sglt")
+            record_workload(engine, {"kind": "script", "name": WORKLOAD}, trace)
+            recorded.append(last_timing(results))
+            observed = str(tmp / f"replay-{k}.sglt")
+            replay_trace(engine, trace, observed)
+            replayed.append(trace_loop_time(observed))
+            replay_vs_record.append(trace_loop_time(observed) / trace_loop_time(trace))
+            print(f"round {k}: plain {plain[-1] * 1e3:.2f} ms/iter, recorded {recorded[-1] * 1e3:.2f}, "
+                  f"replayed {replayed[-1] * 1e3:.2f}", file=sys.stderr)
+        device = engine.config.engine_args.get("device")
+        with TraceReader(trace) as r:
+            device_name = r.header["device"].get("name")
+    figures = {
+        "device": device, "device_name": device_name, "rounds": args.rounds,
+        "plain_ms_per_iter": round(statistics.median(plain) * 1e3, 3),
+        "recorded_ms_per_iter": round(statistics.median(recorded) * 1e3, 3),
+        "replayed_ms_per_iter": round(statistics.median(replayed) * 1e3, 3),
+        "record_over_plain": round(statistics.median(recorded) / statistics.median(plain), 3),
+        "replay_over_record": round(statistics.median(replay_vs_record), 3),
+        "targets": {"record_over_plain": 1.02, "replay_over_record": 1.10},
+    }
+    print(f"loop time: plain {figures['plain_ms_per_iter']} ms/iter, recorded "
+          f"{figures['recorded_ms_per_iter']} (x{figures['record_over_plain']}), replayed "
+          f"{figures['replayed_ms_per_iter']} (x{figures['replay_over_record']} of the recording)",
+          file=sys.stderr)
+    print(json.dumps({"bench": "recorder_overhead", **figures}))
+
+
+if __name__ == "__main__":
+    main()
