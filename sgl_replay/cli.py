@@ -185,7 +185,7 @@ def workloads() -> None:
 @_errors_to_exit_codes
 def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only: bool) -> None:
     """Print a trace: header, then one block per recorded iteration."""
-    from sgl_replay.trace.text import input_text, iteration_lines, names_from, touches
+    from sgl_replay.trace.text import iteration_lines, names_from, touches
 
     lo, hi = _parse_range(iter_range)
     with TraceReader(trace) as reader:
@@ -207,16 +207,9 @@ def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only:
                         rids.append(item["rid"])
                 if not lo <= record["i"] < hi:
                     continue
-                if rid is not None:
-                    mine = [x for x in record.get("inputs", ()) if x.get("rid") == rid]
-                    if wanted is None or not (mine or touches(record, wanted)):
-                        continue
-                    if mine and not touches(record, wanted):
-                        click.echo(f"iter {record['i']}")
-                        for item in mine:
-                            click.echo(f"  pull   {input_text(item)}")
-                        continue
-                for line in iteration_lines(record, name):
+                if rid is not None and (wanted is None or not touches(record, wanted, rid)):
+                    continue
+                for line in iteration_lines(record, name, only=wanted if rid is not None else None):
                     click.echo(line)
         except TraceError as e:
             raise Failure(f"{e} (everything before it is shown above)", EXIT_USAGE) from None

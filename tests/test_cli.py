@@ -28,7 +28,8 @@ def run(*args, cwd=TESTS, timeout=HANG_GUARD_S) -> subprocess.CompletedProcess:
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("sgl-replay: error:")]
+    """The error line: ours, or click's for a malformed command line."""
+    errors = [l for l in proc.stderr.splitlines() if l.startswith(("sgl-replay: error:", "Error: "))]
     assert len(errors) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return errors[0]

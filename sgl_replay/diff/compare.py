@@ -135,6 +135,9 @@ def compare_headers(a: dict, b: dict) -> tuple[list[str], list[str]]:
         blocking.append("different sampling backend: "
                         f"{a.get('resolved', {}).get('sampling_backend')} vs "
                         f"{b.get('resolved', {}).get('sampling_backend')}")
+    oa, ob = a.get("resolved", {}).get("overlap_schedule"), b.get("resolved", {}).get("overlap_schedule")
+    if oa != ob:
+        notes.append(f"overlap schedule: {oa} vs {ob} (finishes show one iteration later with it on)")
     da, db = a.get("device", {}), b.get("device", {})
     if (da.get("type"), da.get("name")) != (db.get("type"), db.get("name")):
         notes.append(f"device: {da.get('type')} {da.get('name')} vs {db.get('type')} {db.get('name')}")

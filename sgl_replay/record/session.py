@@ -83,7 +83,15 @@ def _nvidia_driver() -> str | None:
         pynvml.nvmlInit()
         version = pynvml.nvmlSystemGetDriverVersion()
         return version.decode() if isinstance(version, bytes) else version
-    except Exception:  # noqa: BLE001 — informational only
+    except Exception:  # noqa: BLE001 — informational only; ask nvidia-smi instead
+        pass
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.splitlines()[0] if out else None
+    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -98,10 +106,12 @@ def _field_names(server_args) -> list[str]:
     return list(type(server_args).__struct_fields__)
 
 
-def _resolved(server_args) -> dict:
+def _resolved(scheduler) -> dict:
+    """Settings sglang resolved at start-up that decide scheduling or tokens."""
     from sglang.srt.runtime_context import get_exec
 
-    return {"sampling_backend": get_exec().kernel.sampling_backend}
+    return {"sampling_backend": get_exec().kernel.sampling_backend,
+            "overlap_schedule": bool(scheduler.enable_overlap)}
 
 
 def build_header(scheduler, job: dict) -> dict:
@@ -126,7 +136,7 @@ def build_header(scheduler, job: dict) -> dict:
         "server_args": every_arg,
         "env": job["env"],
         "env_inherited": inherited,
-        "resolved": _resolved(server_args),
+        "resolved": _resolved(scheduler),
         "model": {"config": job.get("model_config"), "path": server_args.model_path},
         "pools": {
             "max_total_tokens": scheduler.max_total_num_tokens,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 Names = Callable[[int], str]  # request number -> rid
 
@@ -47,23 +47,32 @@ def state_text(state: dict) -> str:
             f"kv_free={state['kv_free']} req_free={state['req_free']}")
 
 
-def iteration_lines(record: dict, name: Names) -> list[str]:
+def iteration_lines(record: dict, name: Names, *, only: Optional[int] = None) -> list[str]:
+    """The record as text; with `only` (a request number), just the lines
+    about that request, and the sizes after the iteration."""
     lines = [f"iter {record['i']}"]
+    rid = name(only) if only is not None else None
     for item in record.get("inputs", ()):
-        lines.append(f"  pull   {input_text(item)}")
+        if only is None or item.get("rid") == rid:
+            lines.append(f"  pull   {input_text(item)}")
     for batch in record.get("batches", ()):
-        lines.append(f"  run    {batch_text(batch, name)}")
+        if only is None or only in batch["reqs"] or batch.get("chunked") == only:
+            lines.append(f"  run    {batch_text(batch, name)}")
     for n, reason, length, digest in record.get("finished", ()):
-        lines.append(f"  finish {name(n)} {reason} after {length} tokens (output {digest:016x})")
+        if only is None or n == only:
+            lines.append(f"  finish {name(n)} {reason} after {length} tokens (output {digest:016x})")
     for n in record.get("retracted", ()):
-        lines.append(f"  retract {name(n)}")
+        if only is None or n == only:
+            lines.append(f"  retract {name(n)}")
     if "state" in record:
         lines.append(f"  after  {state_text(record['state'])}")
     return lines
 
 
-def touches(record: dict, req: int) -> bool:
-    """Whether request number `req` appears anywhere in the record."""
+def touches(record: dict, req: int, rid: str) -> bool:
+    """Whether the request (number and rid) appears anywhere in the record."""
+    if any(item.get("rid") == rid for item in record.get("inputs", ())):
+        return True
     for batch in record.get("batches", ()):
         if req in batch["reqs"] or batch.get("chunked") == req:
             return True

@@ -43,3 +43,19 @@ def concurrent_64_timed(ctx):
         yield
     with open(os.environ["SGLREPLAY_BENCH_RESULTS"], "a") as f:
         f.write(json.dumps({"iterations": iterations, "seconds": time.perf_counter() - started}) + "\n")
+
+
+def long_run(ctx):
+    """SGLREPLAY_LONG_RUN_REQUESTS requests (default 2000), one arriving every
+    26 loop iterations, each 24..56 prompt tokens and 40..90 new tokens: a few
+    running at a time, more than 50,000 iterations in all."""
+    import os
+
+    rng = random.Random(3)
+    n = int(os.environ.get("SGLREPLAY_LONG_RUN_REQUESTS", "2000"))
+    for i in range(n):
+        ctx.start_req(rid=f"long-{i}", prompt_len=rng.randint(24, 56), prompt_token=3 + i % 900,
+                      max_new_tokens=rng.randint(40, 90), ignore_eos=True)
+        for _ in range(26):
+            yield
+    yield from drain(ctx)
