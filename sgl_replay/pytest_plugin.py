@@ -13,6 +13,7 @@ fails with the diff report. `--sgl-replay-update` records them anew.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,12 +71,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("sgl_replay_goldens", "Directory of golden traces; every goldens.toml under it is a suite.",
                   default="")
     parser.addini("sgl_replay_device", "Device to replay goldens on.", default="")
-    parser.addini("sgl_replay_pythonpath", "Paths the engine imports scripts and plugins from.",
+    parser.addini("sgl_replay_pythonpath",
+                  "Paths the engine imports scripts and plugins from (and serve goldens' clients).",
                   type="paths", default=[])
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_STATE] = _State(config)
+    state = config.stash[_STATE] = _State(config)
+    # serve goldens' clients are imported here from the same paths
+    for path in reversed(state.pythonpath):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -146,10 +146,12 @@ def compare_headers(a: dict, b: dict) -> tuple[list[str], list[str]]:
         if va != vb:
             notes.append(f"{key} version: {va} vs {vb}")
     args_a, args_b = a.get("engine_args", {}), b.get("engine_args", {})
+    pools_a, pools_b = a.get("pools", {}), b.get("pools", {})
     for key in sorted(set(args_a) | set(args_b)):
         if key in ("model_path", "port", "host"):
             continue
-        if args_a.get(key) != args_b.get(key):
+        va, vb = args_a.get(key, pools_a.get(key)), args_b.get(key, pools_b.get(key))
+        if va != vb:  # a replay pins pool sizes the recording let sglang derive: same value, no note
             notes.append(f"engine arg {key}: {args_a.get(key)!r} vs {args_b.get(key)!r}")
     for key in sorted(set(a.get("pools", {})) | set(b.get("pools", {}))):
         va, vb = a.get("pools", {}).get(key), b.get("pools", {}).get(key)

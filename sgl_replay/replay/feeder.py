@@ -37,9 +37,13 @@ RESPONSES_DRAIN_S = 60.0
 
 class Poster:
     """HTTP calls from inside the scheduler process, on a background event
-    loop with one long-lived session. The session is never closed under a
-    pending call: the tokenizer manager aborts a request whose client went
-    away, by rid, and that abort would land in whatever run came next."""
+    loop with one long-lived session.
+
+    - The session is never closed under a pending call: the tokenizer manager
+      aborts a request whose client went away, by rid, and that abort would
+      land in whatever run came next.
+    - Every call gets a fresh connection: uvicorn drops keep-alive connections
+      idle for 5 s, and a call sent on one that is closing never arrives."""
 
     def __init__(self) -> None:
         import aiohttp
@@ -48,16 +52,20 @@ class Poster:
         threading.Thread(target=self._loop.run_forever, name="sgl-replay-poster", daemon=True).start()
 
         async def make_session():
-            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
                                          timeout=aiohttp.ClientTimeout(total=None))
 
         self._session = asyncio.run_coroutine_threadsafe(make_session(), self._loop).result()
         self._pending: set[Future] = set()
+        self.errors: list[str] = []
 
     def post(self, url: str, body: Optional[dict]) -> None:
         async def call() -> None:
-            async with self._session.post(url, json=body) as response:
-                await response.read()
+            try:
+                async with self._session.post(url, json=body) as response:
+                    await response.read()
+            except Exception as e:  # noqa: BLE001 — reported with the input that went missing
+                self.errors.append(f"{url}: {type(e).__name__}: {e}")
 
         future = asyncio.run_coroutine_threadsafe(call(), self._loop)
         self._pending.add(future)
@@ -115,4 +123,5 @@ def _feed(probe, poster, base_url: str, item: dict) -> None:
         probe.proxy.wait_until_arrived(arrived, timeout_s=ARRIVAL_TIMEOUT_S,
                                        description=f"{item['type']} {item.get('rid', '')}")
     except TimeoutError:
-        logger.warning("sgl-replay: %s %s did not reach the scheduler", item["type"], item.get("rid", ""))
+        logger.warning("sgl-replay: %s %s did not reach the scheduler%s", item["type"],
+                       item.get("rid", ""), f" ({poster.errors[-1]})" if poster.errors else "")

@@ -37,6 +37,7 @@ def last_timing(path: Path) -> float:
 
 
 def trace_loop_time(path: str) -> float:
+    """Seconds per iteration over the recording, from its end record."""
     with TraceReader(path) as r:
         for _ in r.iterations():
             pass
