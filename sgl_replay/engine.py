@@ -34,6 +34,7 @@ LOG_TAIL_LINES = 12
 PLUGIN_FAILURE_MARKERS = ("Failed to load plugin", "Failed to execute general plugin",
                           "Failed to apply hooks to")
 ZOMBIE_GRACE_S = 1.0
+KEEP_ALIVE_S = 24 * 3600
 EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
 
 # A GPT-2-architecture model small enough for a laptop CPU. GPT-2 has no rotary
@@ -207,6 +208,10 @@ class Engine:
             "SGLANG_TEST_SCRIPTED_RUNTIME_IPC_ADDR": f"tcp://127.0.0.1:{dispatch_port}",
             "SGLANG_TEST_SCRIPTED_RUNTIME_OUT_OF_BAND_ERROR_PATH": str(work_dir / "oob.json"),
             "SGLANG_TEST_SCRIPTED_RUNTIME_SYS_PATH_ENTRY": os.getcwd(),
+            # uvicorn drops idle keep-alive connections after 5 s; a call the
+            # harness's HTTP poster sends on one that is closing never arrives
+            # (aiohttp: "Server disconnected"), and the script times out.
+            "SGLANG_TIMEOUT_KEEP_ALIVE": str(KEEP_ALIVE_S),
             "PYTHONPATH": os.pathsep.join(sys_path + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
             "PYTHONUNBUFFERED": "1",
         })
@@ -254,14 +259,13 @@ class Engine:
                 raise EngineError(f"sglang plugin failed in the engine: {line.split('] ', 1)[-1]}"
                                   + (f" ({cause})" if cause else ""))
 
-    def _check_alive(self, when: str) -> None:
+    def _check_alive(self, when: str, died: type = EngineError) -> None:
         code = self._process.poll()
         if code is None and self._tree_alive():
             return
         if code == EXIT_BAD_ENGINE_ARGS:
             raise BadEngineArgs(f"bad engine argument: {self.log_tail(1)}")
-        raise (EngineDied if when.startswith("at") else EngineError)(
-            f"engine process died {when} (exit {code}); last log lines:\n{self.log_tail()}")
+        raise died(f"engine process died {when} (exit {code}); last log lines:\n{self.log_tail()}")
 
     def _tree_alive(self) -> bool:
         """launch_server stays up for a while after its scheduler child dies;
@@ -313,7 +317,7 @@ class Engine:
         self._sock.send_pyobj(RunScript(fn_path=fn_path, args=tuple(args)))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._sock.poll(int(POLL_INTERVAL_S * 1000)):
-            self._check_alive(f"at script {fn_path}")
+            self._check_alive(f"at script {fn_path}", died=EngineDied)
             if deadline is not None and time.monotonic() > deadline:
                 raise EngineError(f"script {fn_path} did not finish within {timeout_s:.0f}s")
         reply = self._sock.recv_pyobj()
@@ -382,23 +386,28 @@ class Engine:
 
 class EnginePool:
     """Engines by configuration, started on first use and shared after: a
-    test session or a golden run starts one engine per distinct config."""
+    test session or a golden run starts one engine per distinct config. At
+    most `max_live` run at once (an engine holds about 2 GB); the least
+    recently used one stops to make room."""
 
-    def __init__(self, extra_sys_path: tuple[str, ...] = ()) -> None:
-        self._engines: dict[str, Engine] = {}
+    def __init__(self, extra_sys_path: tuple[str, ...] = (), max_live: int = 3) -> None:
+        self._engines: dict[str, Engine] = {}  # in order of last use
         self._extra_sys_path = extra_sys_path
+        self.max_live = max_live
         self.starts = 0
 
     def get(self, config: EngineConfig) -> Engine:
         key = config.key()
-        engine = self._engines.get(key)
+        engine = self._engines.pop(key, None)
         if engine is not None and not engine.alive():
             engine.stop()
             engine = None
         if engine is None:
+            while len(self._engines) >= self.max_live:
+                self._engines.pop(next(iter(self._engines))).stop()
             engine = Engine.start(config, extra_sys_path=self._extra_sys_path)
             self.starts += 1
-            self._engines[key] = engine
+        self._engines[key] = engine
         return engine
 
     def close(self) -> None:
@@ -413,9 +422,24 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the one that started it dies, however
+    it died; sglang's server then takes its own children down."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent was already gone
+        sys.exit(1)
+
+
 def _child_main(spec_path: str) -> None:
     """The engine process: build ServerArgs (a rejection exits with
     EXIT_BAD_ENGINE_ARGS and one line) and run sglang's HTTP server."""
+    _die_with_parent()
     spec = json.loads(Path(spec_path).read_text())
     # As sglang's own Engine does: plugins before ServerArgs, so that their
     # hooks on argument resolution apply (launch_server loads them too late).

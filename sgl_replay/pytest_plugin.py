@@ -45,7 +45,7 @@ class _State:
         if self._pool is None:
             from sgl_replay.engine import EnginePool
 
-            self._pool = EnginePool(extra_sys_path=self.pythonpath)
+            self._pool = EnginePool(extra_sys_path=self.pythonpath, max_live=4)
         return self._pool
 
     @property

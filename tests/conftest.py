@@ -10,7 +10,7 @@ import pytest
 
 from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import record_workload
-from sgl_replay.record.workloads import BUILTIN
+from sgl_replay.record.workloads import BUILTIN, KV_PRESSURE_ARGS
 from sgl_replay.trace import TraceReader
 
 TESTS = Path(__file__).parent
@@ -63,3 +63,33 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
+
+
+# ------------------------------------------------------------ test-only plugin
+@pytest.fixture(scope="session")
+def tweaks(tmp_path_factory):
+    """An engine with the test-only sched_tweaks plugin (tests/plugins), a
+    1024-token KV pool, and a witness log of what the scheduler received."""
+    root = tmp_path_factory.mktemp("tweaks")
+    mode, witness = root / "mode", root / "witness.jsonl"
+    mode.write_text("off")
+    config = EngineConfig.embedded(engine_args=KV_PRESSURE_ARGS, env={
+        "SCHED_TWEAKS_FILE": str(mode), "SCHED_TWEAKS_WITNESS": str(witness)})
+    return config, mode, witness
+
+
+@pytest.fixture
+def tweaks_engine(engines, tweaks):
+    config, mode, witness = tweaks
+    mode.write_text("off")
+    yield engines.get(config), mode, witness
+    mode.write_text("off")
+
+
+@pytest.fixture(scope="session")
+def tweak_baseline(engines, tweaks, tmp_path_factory):
+    config, mode, _ = tweaks
+    mode.write_text("off")
+    out = str(tmp_path_factory.mktemp("baseline") / "kv_pressure.sglt")
+    record_workload(engines.get(config), {"kind": "builtin", "name": "kv_pressure"}, out)
+    return out

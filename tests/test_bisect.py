@@ -154,7 +154,7 @@ def test_plain_git_bisect_run_works_with_the_code_on_pythonpath(recorded, plugin
     (dist / "entry_points.txt").write_text("[sglang.srt.plugins]\ntweakplug = tweakplug:register\n")
     env = cli_env()
     env["PYTHONPATH"] = f"{repo}:{env['PYTHONPATH']}"
-    git(repo, "bisect", "start", shas[-1], shas[0])
+    git(repo, "bisect", "start", shas[-1], shas[REGRESSION - 2])  # a short range: two or three steps
     try:
         proc = subprocess.run(["git", "bisect", "run", sys.executable, "-m", "sgl_replay.cli", "check",
                                recorded("running_cap")], cwd=repo, env=env, capture_output=True,

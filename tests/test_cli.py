@@ -197,3 +197,20 @@ def test_check_reports_a_changed_knob_with_exit_1(recorded, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "diverged at iteration 0" in proc.stdout
     assert "note: engine arg chunked_prefill_size: 256 vs 128" in proc.stdout
+
+
+def test_check_repeat_reports_mixed_results_as_inconclusive(tweaks, tweak_baseline):
+    """A planted nondeterministic scheduler change (the test-only plugin's
+    'flaky' mode: every second run differs): `check --repeat 2` says
+    inconclusive and exits 125, which git bisect run reads as skip."""
+    _, mode, _ = tweaks
+    mode.write_text("flaky")
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "plugins"), env["PYTHONPATH"]])
+    try:
+        proc = subprocess.run([*SGL_REPLAY, "check", tweak_baseline, "--repeat", "2"], cwd=TESTS, env=env,
+                              text=True, capture_output=True, timeout=HANG_GUARD_S)
+    finally:
+        mode.write_text("off")
+    assert proc.returncode == 125, proc.stdout + proc.stderr
+    assert "diverged in 1 of 2 replays (inconclusive)" in proc.stdout + proc.stderr

@@ -12,6 +12,7 @@ import pytest
 from conftest import builtin_config, forwards, read, rid_table
 from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import CaptureFailed, record_workload
+from sgl_replay.trace.format import FORMAT_VERSION
 
 
 def lifecycle(body):
@@ -170,7 +171,7 @@ def test_recording_twice_gives_identical_bodies(engines, recorded, tmp_path, nam
 
 def test_header_says_how_to_rebuild_the_engine(recorded):
     header, _, _ = read(recorded("kv_pressure"))
-    assert header["format"] == 1
+    assert header["format"] == FORMAT_VERSION
     assert header["versions"]["sglang"] == "0.5.23"
     assert header["device"]["type"] == "cpu"
     assert header["engine_args"]["max_total_tokens"] == 1024

@@ -10,9 +10,8 @@ from clients import irregular_arrivals
 from conftest import TESTS, forwards, read, rid_table
 from sgl_replay.diff.compare import Options, diff
 from sgl_replay.diff.report import text_lines
-from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import record_workload
-from sgl_replay.record.workloads import BUILTIN, KV_PRESSURE_ARGS
+from sgl_replay.record.workloads import BUILTIN
 from sgl_replay.replay.runner import engine_config_for, replay_trace
 from sgl_replay.trace import TraceReader
 
@@ -30,15 +29,17 @@ def compare(a: str, b: str, **options):
         return diff(ra, rb, Options(**options))
 
 
-@pytest.mark.parametrize("name", list(BUILTIN))
-def test_every_builtin_replays_with_zero_divergence_five_times(engines, recorded, tmp_path, name):
+# Round by round: the same trace comes back only after every other workload,
+# so no replay waits out sglang's 2 s stream-abort window of the last one.
+@pytest.mark.parametrize("run,name", [(run, name) for run in range(FIDELITY_RUNS) for name in BUILTIN],
+                         ids=lambda v: str(v))
+def test_every_builtin_replays_with_zero_divergence_five_times(engines, recorded, tmp_path, run, name):
     trace = recorded(name)
-    for run in range(FIDELITY_RUNS):
-        observed = str(tmp_path / f"observed-{run}.sglt")
-        replay_on(engines, trace, observed)
-        result = compare(trace, observed, level="full")
-        assert result.verdict == "same", "\n".join(text_lines(result))
-        assert result.forwards_compared == len(forwards(read(trace)[1]))
+    observed = str(tmp_path / "observed.sglt")
+    replay_on(engines, trace, observed)
+    result = compare(trace, observed, level="full")
+    assert result.verdict == "same", f"run {run}:\n" + "\n".join(text_lines(result))
+    assert result.forwards_compared == len(forwards(read(trace)[1]))
 
 
 def test_a_format_1_trace_still_replays(engines, tmp_path):
@@ -55,35 +56,6 @@ def test_a_format_1_trace_still_replays(engines, tmp_path):
 
 
 # ------------------------------------------------------------ test-only plugin
-@pytest.fixture(scope="session")
-def tweaks(tmp_path_factory):
-    """An engine with the test-only sched_tweaks plugin (tests/plugins), a
-    1024-token KV pool, and a witness log of what the scheduler received."""
-    root = tmp_path_factory.mktemp("tweaks")
-    mode, witness = root / "mode", root / "witness.jsonl"
-    mode.write_text("off")
-    config = EngineConfig.embedded(engine_args=KV_PRESSURE_ARGS, env={
-        "SCHED_TWEAKS_FILE": str(mode), "SCHED_TWEAKS_WITNESS": str(witness)})
-    return config, mode, witness
-
-
-@pytest.fixture
-def tweaks_engine(engines, tweaks):
-    config, mode, witness = tweaks
-    mode.write_text("off")
-    yield engines.get(config), mode, witness
-    mode.write_text("off")
-
-
-@pytest.fixture(scope="session")
-def tweak_baseline(engines, tweaks, tmp_path_factory):
-    config, mode, _ = tweaks
-    mode.write_text("off")
-    out = str(tmp_path_factory.mktemp("baseline") / "kv_pressure.sglt")
-    record_workload(engines.get(config), {"kind": "builtin", "name": "kv_pressure"}, out)
-    return out
-
-
 def expected_first_divergence(tweak: str, body: list[dict]) -> int:
     """Where each planted change must first show, from the recorded run alone."""
     if tweak == "reverse_waiting":
@@ -142,14 +114,9 @@ def first_over_cap(body: list[dict], cap: int) -> int:
     raise AssertionError(f"never more than {cap} of {len(rids)} active")
 
 
-def first_over_chunk(body: list[dict], chunk: int) -> int:
-    return next(rec["i"] for rec in body for b in rec.get("batches", ())
-                if b["mode"] == "extend" and b["tokens"] > chunk)
-
-
+# (test_cli.py checks a changed chunked_prefill_size through `sgl-replay check`)
 @pytest.mark.parametrize("knob,value,expect", [
     ("max_running_requests", 8, first_over_cap),
-    ("chunked_prefill_size", 128, first_over_chunk),
 ])
 def test_changed_knob_is_reported_at_the_right_first_iteration(
         engines, recorded, tmp_path, knob, value, expect):

@@ -43,7 +43,7 @@ PROBE: Optional["Probe"] = None
 # sglang's HTTP server, 2 s after a streamed /generate response ends, aborts
 # that rid if it is in use again (its client-disconnect check). A capture that
 # reuses rids sooner on the same engine would have its requests aborted by the
-# previous run: captures after the first on an engine start this much later.
+# previous run: such a capture starts this much after those rids' traffic ended.
 STREAM_ABORT_GRACE_S = 2.2
 
 
@@ -139,21 +139,31 @@ class Probe:
         self.proxy_wrapper: Optional[RecordingProxy] = None
         self.recording: Optional[Recording] = None
         self.failure: Optional[str] = None
-        self.last_end: Optional[float] = None  # when the previous capture's traffic ended
-        self.left_in_flight = False  # requests outlived it (the next reset aborts them)
+        # rid -> when the last capture that used it ended its HTTP traffic
+        self.recent: dict[str, float] = {}
+        # rids of requests that outlived the last capture (the next script's
+        # reset aborts them, which ends their streams then)
+        self.outlived: set[str] = set()
 
-    def settle(self) -> Generator:
-        """Before a capture on an engine that already ran one: turn the loop
-        until sglang's stale stream-abort tasks of the last one have fired."""
-        if self.last_end is None:
-            return
-        since = time.monotonic() if self.left_in_flight else self.last_end
-        while time.monotonic() - since < STREAM_ABORT_GRACE_S:
+    def settle(self, rids: Optional[set] = None) -> Generator:
+        """Before a capture that will use `rids` (None: not known in advance):
+        turn the loop until no stale stream-abort task of an earlier capture
+        on this engine can hit one of them."""
+        now = time.monotonic()
+        for rid in self.outlived:
+            self.recent[rid] = now
+        self.outlived.clear()
+        self.recent = {rid: t for rid, t in self.recent.items() if now - t < STREAM_ABORT_GRACE_S}
+        times = self.recent.values() if rids is None else [self.recent[r] for r in rids if r in self.recent]
+        until = max(times, default=now - STREAM_ABORT_GRACE_S) + STREAM_ABORT_GRACE_S
+        while time.monotonic() < until:
             time.sleep(0.005)
             yield
 
-    def mark_traffic_end(self) -> None:
-        self.last_end = time.monotonic()
+    def mark_traffic_end(self, rids) -> None:
+        now = time.monotonic()
+        for rid in rids:
+            self.recent[rid] = now
 
     def start(self, path: str, header: dict) -> "Recording":
         assert self.recording is None, "a recording is already active"
@@ -167,8 +177,10 @@ class Probe:
             complete, reason = False, f"recorder failed: {self.failure.strip().splitlines()[-1]}"
         if rec is None:
             raise RecorderNotActive("no active recording to stop")
-        self.left_in_flight = bool(getattr(rec, "live", None) or getattr(rec, "pending", None))
-        self.mark_traffic_end()
+        if isinstance(rec, Recording):
+            self.mark_traffic_end(rec.req_of_rid)
+            self.outlived.update(r.rid for r in rec.live.values())
+            self.outlived.update(rec.pending.values())
         end = rec.close(complete=complete, reason=reason)
         if self.failure is not None:
             raise RuntimeError(f"sgl-replay recorder failed inside the scheduler:\n{self.failure}")

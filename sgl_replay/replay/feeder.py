@@ -91,7 +91,10 @@ def replay(ctx, job: dict) -> Generator:
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
     poster = _shared_poster()
-    yield from probe.settle()
+    with TraceReader(job["trace"]) as recorded:
+        rids = {x["rid"] for record in recorded.iterations() for x in record.get("inputs", ())
+                if x["type"] == "generate"}
+    yield from probe.settle(rids)
     with TraceReader(job["trace"]) as recorded:
         job = {**job, "workload": recorded.header.get("workload")}
         probe.start(job["path"], build_header(ctx.scheduler, job))
@@ -110,7 +113,7 @@ def replay(ctx, job: dict) -> Generator:
     deadline = time.monotonic() + RESPONSES_DRAIN_S
     while poster.pending and time.monotonic() < deadline:
         yield
-    probe.mark_traffic_end()
+    probe.mark_traffic_end(rids)
 
 
 def _feed(probe, poster, base_url: str, item: dict) -> None:
