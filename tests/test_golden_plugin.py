@@ -41,7 +41,7 @@ def test_missing_created_unused_deleted(pytester: pytest.Pytester):
 
     partial = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "nothing_matches")
     assert partial.ret == pytest.ExitCode.NO_TESTS_COLLECTED  # a partial run judges no file unused
-    assert "unused" not in partial.stdout.str()
+    assert "unused golden" not in partial.stdout.str()
 
     updated = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sgl-replay-update")
     updated.assert_outcomes(passed=1)

@@ -20,15 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 import psutil
 
-from sgl_replay.diff.compare import diff
+from diff_throughput import timed_diff  # beside this script
 from sgl_replay.engine import Engine, EngineConfig
 from sgl_replay.record.runner import partial_path, record_workload
-from sgl_replay.trace import TraceReader
 
 HERE = Path(__file__).parent
 
@@ -72,15 +70,7 @@ def main() -> None:
     print(f"recorded {end['iterations']} iterations, {end['forwards']} forwards, {end['requests']} "
           f"requests in {seconds:.0f}s; scheduler RSS {start_rss / 2**20:.1f} -> {end_rss / 2**20:.1f} MiB "
           f"(max {max_rss / 2**20:.1f}); trace {os.path.getsize(trace) / 2**20:.2f} MiB", file=sys.stderr)
-    started = time.perf_counter()
-    with TraceReader(trace) as a, TraceReader(trace) as b:
-        verdict = diff(a, b).verdict
-    diff_seconds = time.perf_counter() - started
-    tracemalloc.start()
-    with TraceReader(trace) as a, TraceReader(trace) as b:
-        diff(a, b)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    diff_seconds, peak, verdict = timed_diff(trace, trace)
     print(f"diff against itself: {verdict}, {end['iterations'] / diff_seconds:,.0f} it/s, "
           f"peak {peak / 2**20:.2f} MiB", file=sys.stderr)
     print(json.dumps({"bench": "long_run", "iterations": end["iterations"], "forwards": end["forwards"],
