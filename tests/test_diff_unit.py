@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sgl_replay.diff.compare import Options, diff
 from sgl_replay.diff.report import text_lines, to_json
+from sgl_replay.trace.format import pack_ids
 
 HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"X": "1"},
           "pools": {"max_total_tokens": 1024}, "model": {"config": {"n_layer": 2}},
@@ -34,7 +35,7 @@ class Synthetic:
 
 
 def gen(rid):
-    return {"type": "generate", "rid": rid, "input_ids": [1] * 8, "sampling": {}, "stream": True}
+    return {"type": "generate", "rid": rid, "input_ids": pack_ids([1] * 8), "sampling": {}, "stream": True}
 
 
 def run(rid_order=("r0", "r1", "r2"), *, retract_at=None, kv_shift=0, finish_hash=7):

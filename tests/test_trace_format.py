@@ -40,8 +40,13 @@ def read_all(path):
         return list(r.iterations()), r.end
 
 
+def small_frames(monkeypatch, frame=2048, block=256):
+    monkeypatch.setattr(writer_module, "FRAME_BYTES", frame)
+    monkeypatch.setattr(writer_module, "BLOCK_BYTES", block)
+
+
 def test_round_trip_across_many_frames(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "FRAME_BYTES", 512)
+    small_frames(monkeypatch)
     records = [iteration(i) for i in range(500)]
     write(tmp_path / "t.sglt", records)
     body, end = read_all(tmp_path / "t.sglt")
@@ -61,7 +66,7 @@ def test_plain_zstd_decodes_the_whole_file(tmp_path):
 
 
 def test_torn_tail_is_reported_with_frame_and_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
+    small_frames(monkeypatch)
     write(tmp_path / "t.sglt", [iteration(i) for i in range(100)])
     data = (tmp_path / "t.sglt").read_bytes()
     (tmp_path / "cut.sglt").write_bytes(data[: len(data) - 7])
@@ -74,7 +79,7 @@ def test_torn_tail_is_reported_with_frame_and_offset(tmp_path, monkeypatch):
 
 
 def test_corrupt_frame_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
+    small_frames(monkeypatch)
     write(tmp_path / "t.sglt", [iteration(i) for i in range(100)])
     data = bytearray((tmp_path / "t.sglt").read_bytes())
     middle = len(data) // 2
@@ -102,18 +107,29 @@ def test_not_a_trace(tmp_path):
         TraceReader(str(tmp_path / "missing.sglt"))
 
 
-def test_seal_keeps_every_whole_frame_and_marks_the_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "FRAME_BYTES", 256)
-    write(tmp_path / "t.sglt", [iteration(i) for i in range(100)], end=False)
-    data = (tmp_path / "t.sglt").read_bytes()
-    (tmp_path / "t.sglt").write_bytes(data + data[40:90])  # plus half a frame of garbage
-    end = seal_incomplete(str(tmp_path / "t.sglt"), "interrupted")
-    body, read_end = read_all(tmp_path / "t.sglt")
-    assert body == [iteration(i) for i in range(100)]
+def test_seal_keeps_every_flushed_record_and_marks_the_end(tmp_path, monkeypatch):
+    """The writer died in the middle of writing a block, its frame never
+    ended: every record flushed before survives the seal."""
+    small_frames(monkeypatch, frame=1 << 20)
+    path = tmp_path / "t.sglt"
+    w = TraceWriter(str(path), header())
+    for i in range(100):
+        w.write(iteration(i))
+    w.flush()
+    flushed = path.stat().st_size
+    for i in range(100, 120):
+        w.write(iteration(i))
+    w.flush()
+    torn = flushed + (path.stat().st_size - flushed) // 2
+    path.write_bytes(path.read_bytes()[:torn])
+    end = seal_incomplete(str(path), "interrupted")
+    body, read_end = read_all(path)
+    assert body[:100] == [iteration(i) for i in range(100)]
+    assert body == [iteration(i) for i in range(len(body))] and len(body) < 120
     assert read_end == end and end["complete"] is False and end["reason"] == "interrupted"
-    assert end["iterations"] == 100 and end["forwards"] == 100
+    assert end["iterations"] == len(body) and end["forwards"] == len(body)
     # sealing twice changes nothing
-    assert seal_incomplete(str(tmp_path / "t.sglt"), "again") == end
+    assert seal_incomplete(str(path), "again") == end
 
 
 def test_seal_without_a_header_raises(tmp_path):
@@ -135,12 +151,12 @@ def test_any_truncation_yields_a_prefix_or_a_named_error(tmp_path_factory, recor
     """Cut a trace anywhere: the reader yields a prefix of what was written,
     then either ends cleanly or raises TraceError; nothing else."""
     path = tmp_path_factory.mktemp("cut") / "t.sglt"
-    writer_module_frame = writer_module.FRAME_BYTES
-    writer_module.FRAME_BYTES = 128
+    saved = writer_module.FRAME_BYTES, writer_module.BLOCK_BYTES
+    writer_module.FRAME_BYTES, writer_module.BLOCK_BYTES = 512, 128
     try:
         write(path, records)
     finally:
-        writer_module.FRAME_BYTES = writer_module_frame
+        writer_module.FRAME_BYTES, writer_module.BLOCK_BYTES = saved
     data = path.read_bytes()
     path.write_bytes(data[: cut % (len(data) + 1)])
     seen = []

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Iterator
 
 from sgl_replay.diff.compare import DiffResult, Lifecycle
+from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.text import iteration_lines, names_from
 
 LIFECYCLE_ROWS_SHOWN = 20
@@ -93,4 +94,4 @@ def to_json(result: DiffResult, label_a: str = "A", label_b: str = "B") -> str:
         first = data["first"]
         first.pop("names_a")
         first.pop("names_b")
-    return json.dumps(data, default=str)
+    return json.dumps(data, default=lambda o: unpack_ids(o) if isinstance(o, bytes) else str(o))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from sgl_replay.trace.format import pack_ids, unpack_ids
+
 # SamplingParams attributes a caller can set through /generate, as
 # (attribute, name in the API). normalize() moves `stop` to `stop_strs`.
 _SAMPLING_API = (
@@ -58,7 +60,7 @@ def _sampling(params) -> dict:
 
 def _generate(obj) -> dict:
     item = {"type": "generate", "rid": obj.rid,
-            "input_ids": list(obj.input_ids) if obj.input_ids is not None else None,
+            "input_ids": pack_ids(obj.input_ids) if obj.input_ids is not None else None,
             "sampling": _sampling(obj.sampling_params), "stream": bool(obj.stream)}
     if obj.priority is not None:
         item["priority"] = obj.priority
@@ -97,7 +99,7 @@ def to_http(item: dict) -> tuple[str, Optional[dict], Callable[[Any], bool]]:
     HTTP call that makes the tokenizer manager send `item` to the scheduler."""
     kind = item["type"]
     if kind == "generate":
-        body = {"input_ids": item["input_ids"], "sampling_params": item["sampling"],
+        body = {"input_ids": unpack_ids(item["input_ids"]), "sampling_params": item["sampling"],
                 "rid": item["rid"], "stream": item["stream"]}
         for name in ("priority", "return_logprob", "logprob_start_len", "top_logprobs_num",
                      "extra_key", "cache_salt", "routed_dp_rank"):

@@ -21,7 +21,8 @@ Requests are numbered in the order their generate input appears in the trace
 ("req" below); batches, finishes and retractions refer to those numbers, which
 keeps the hot records small and fast to compare. The rid is in the input.
 
-    input    {"type": "generate", "rid", "input_ids", "sampling" (non-default
+    input    {"type": "generate", "rid", "input_ids" (int32 little-endian bytes:
+              one object to decode, not one per token), "sampling" (non-default
               sampling params only), "stream", optional "priority",
               "return_logprob", "logprob_start_len", "top_logprobs_num"}
              {"type": "abort", "rid", "all"}
@@ -38,10 +39,14 @@ keeps the hot records small and fast to compare. The rid is in the input.
 
 from __future__ import annotations
 
+import sys
+from array import array
+
 FORMAT_VERSION = 2
-# Versions this code reads. Version 1 wrote "reqs" in every batch; version 2
-# leaves it out when unchanged. The reader fills it in, so a version-1 trace
-# reads, replays and diffs as it is.
+# Versions this code reads. Version 1 wrote "reqs" in every batch and input
+# ids as a list; version 2 leaves "reqs" out when unchanged and packs input
+# ids. The reader fills "reqs" in and packs version-1 input ids, so a
+# version-1 trace reads, replays and diffs as it is.
 READABLE_VERSIONS = (1, 2)
 
 SUFFIX = ".sglt"
@@ -52,3 +57,21 @@ END = "end"
 
 # Input types a replay can feed back through a real path.
 REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")
+
+
+def pack_ids(ids) -> bytes:
+    """Token ids as int32 little-endian bytes (the trace's input_ids)."""
+    packed = array("i", ids)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_ids(data) -> list[int]:
+    if isinstance(data, (list, tuple)):  # format 1
+        return list(data)
+    ids = array("i")
+    ids.frombytes(data)
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return ids.tolist()

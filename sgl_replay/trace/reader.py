@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import msgpack
 import zstandard
 
-from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS
+from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, pack_ids
 
 READ_CHUNK = 1 << 16
 
@@ -28,8 +28,9 @@ class TraceReader:
     offset; everything before it has already been yielded.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, keep_torn: bool = False) -> None:
         self.path = path
+        self._keep_torn = keep_torn
         try:
             self._file = open(path, "rb")
         except OSError as e:
@@ -37,7 +38,8 @@ class TraceReader:
         self.file_bytes = os.fstat(self._file.fileno()).st_size
         self.raw_bytes = 0
         self.frames = 0
-        self.good_bytes = 0  # end of the last frame whose records all decoded
+        self.good_bytes = 0  # end of the last frame that ended and decoded
+        self.torn_records: list = []  # records of the frame being read
         self.end: Optional[dict] = None
         self._records = self._iter_records()
         first = next(self._records, None)
@@ -67,20 +69,29 @@ class TraceReader:
         """Yield iteration records in order; stop at the end record. Every
         batch comes with its "reqs", filled in where the trace left it out
         because it repeats the previous batch's (the lists are shared: do not
-        mutate them)."""
+        mutate them). The hot loop of every reader: keep it lean."""
         last_reqs = None
         for record in self._records:
-            kind = record.get("t") if isinstance(record, dict) else None
+            try:
+                kind = record["t"]
+            except (TypeError, KeyError, IndexError):
+                kind = None
             if kind == ITER:
-                for batch in record.get("batches", ()):
-                    reqs = batch.get("reqs")
-                    if reqs is None:
-                        if last_reqs is None:
+                if "inputs" in record:  # format 1 (and early 2) wrote input ids as a list
+                    for item in record["inputs"]:
+                        if type(item.get("input_ids")) is list:
+                            item["input_ids"] = pack_ids(item["input_ids"])
+                batches = record.get("batches")
+                if batches:
+                    for batch in batches:
+                        reqs = batch.get("reqs")
+                        if reqs is not None:
+                            last_reqs = reqs
+                        elif last_reqs is None:
                             raise TraceError(f"{self.path}: iteration {record.get('i')}: a batch "
                                              f"repeats requests before any were named")
-                        batch["reqs"] = last_reqs
-                    else:
-                        last_reqs = reqs
+                        else:
+                            batch["reqs"] = last_reqs
                 yield record
             elif kind == END:
                 self.end = record
@@ -89,50 +100,50 @@ class TraceReader:
                 raise TraceError(f"{self.path}: unexpected record {str(record)[:80]}")
 
     def _iter_records(self) -> Iterator[dict]:
-        for index, offset, end, content in self._iter_frames():
-            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-            unpacker.feed(content)
-            try:
-                yield from unpacker
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError,
-                    msgpack.StackError) as e:
-                raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
-                                 f"bad record data ({e})") from None
-            if unpacker.tell() != len(content):
-                raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
-                                 f"ends inside a record")
-            self.good_bytes = end
-
-    def _iter_frames(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """Records as their blocks decompress, frame after frame. Records of a
+        frame that has not ended (a torn tail) are yielded too; with
+        keep_torn, the current frame's records stay in `torn_records` until
+        it ends (seal_incomplete rewrites them)."""
         dctx = zstandard.ZstdDecompressor()
-        pending = b""
-        offset = 0
+        data = self._file.read(READ_CHUNK)
+        offset = 0  # where the current frame starts in the file
         index = 0
-        while True:
-            data = pending or self._file.read(READ_CHUNK)
-            if not data:
-                return
+        while data:
             dobj = dctx.decompressobj()
-            parts = []
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
             fed = 0
+            self.torn_records = []
             while True:
                 try:
-                    parts.append(dobj.decompress(data))
+                    chunk = dobj.decompress(data)
                 except zstandard.ZstdError as e:
                     raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
                                      f"corrupt ({e})") from None
                 fed += len(data)
+                self.raw_bytes += len(chunk)
+                unpacker.feed(chunk)
+                try:
+                    if self._keep_torn:
+                        for record in unpacker:
+                            self.torn_records.append(record)
+                            yield record
+                    else:
+                        yield from unpacker
+                except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+                        msgpack.StackError) as e:
+                    raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
+                                     f"bad record data ({e})") from None
                 if dobj.eof:
                     break
                 data = self._file.read(READ_CHUNK)
                 if not data:
                     raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
                                      f"truncated (file ends mid-frame)")
-            pending = dobj.unused_data
-            content = b"".join(parts)
-            end = offset + fed - len(pending)
-            self.raw_bytes += len(content)
+            if unpacker.read_bytes(1):
+                raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
+                                 f"ends inside a record")
+            data = dobj.unused_data or self._file.read(READ_CHUNK)
+            offset += fed - len(dobj.unused_data)
+            self.good_bytes = offset
             self.frames += 1
-            yield index, offset, end, content
-            offset = end
             index += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from sgl_replay.trace.format import unpack_ids
+
 Names = Callable[[int], str]  # request number -> rid
 
 
@@ -16,7 +18,7 @@ def names_from(table: Sequence[str]) -> Names:
 def input_text(item: dict) -> str:
     kind = item["type"]
     if kind == "generate":
-        ids = item.get("input_ids") or []
+        ids = unpack_ids(item.get("input_ids") or b"")
         extra = ", ".join(f"{k}={v}" for k, v in sorted(item.get("sampling", {}).items()))
         prio = f" priority={item['priority']}" if "priority" in item else ""
         return f"generate {item['rid']} ({len(ids)} prompt tokens{', ' + extra if extra else ''}){prio}"

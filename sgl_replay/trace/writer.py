@@ -1,8 +1,11 @@
-"""Streaming trace writer: msgpack records packed into independent zstd frames.
+"""Streaming trace writer: msgpack records in zstd frames, flushed in blocks.
 
-Every frame is complete on disk before the next one starts, so a crash loses
-at most the records still buffered (at most FLUSH_INTERVAL_S of a run), and
-what was written stays readable by TraceReader and by plain `zstd -d`.
+A frame holds up to FRAME_BYTES of records and keeps one compression
+context, so small records compress against everything before them in the
+frame. Within a frame, every flush ends a zstd block: what was written up to
+there is decodable from the file at once. A crash loses at most the records
+not yet flushed (FLUSH_INTERVAL_S of a run at most); `seal_incomplete`
+re-closes the torn last frame. A finished trace is plain zstd (`zstd -d`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import zstandard
 
 from sgl_replay.trace.format import END, HEADER
 
-FRAME_BYTES = 1 << 18  # uncompressed bytes per frame: big enough to compress well
-FLUSH_INTERVAL_S = 0.5  # a slow run still reaches the disk this often
+FRAME_BYTES = 1 << 22  # uncompressed bytes per frame (one compression context)
+BLOCK_BYTES = 1 << 16  # flush at least this often, by size...
+FLUSH_INTERVAL_S = 0.5  # ...and by time: a slow run still reaches the disk this often
 COMPRESSION_LEVEL = 3
 
 
@@ -26,38 +30,57 @@ class TraceWriter:
         assert header.get("t") == HEADER
         self.path = path
         self._file: Optional[BinaryIO] = open(path, "wb")
-        self._compressor = zstandard.ZstdCompressor(level=level)
+        # the checksum makes a corrupt frame fail loudly at its end, not decode to garbage
+        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self._packer = msgpack.Packer(use_bin_type=True)
         self._buffer = bytearray()
+        self._frame = None  # the open frame's compressor
+        self._frame_raw = 0
         self._last_flush = time.monotonic()
         self.raw_bytes = 0
         # The header travels alone in the first frame: `show` reads it without
         # decompressing the body.
         self.write(header)
-        self.flush()
+        self.flush(end_frame=True)
 
     def write(self, record: dict) -> None:
         packed = self._packer.pack(record)
         self._buffer += packed
         self.raw_bytes += len(packed)
-        if len(self._buffer) >= FRAME_BYTES:
+        if len(self._buffer) >= BLOCK_BYTES:
             self.flush()
 
     def flush_if_due(self, now: float) -> None:
         if self._buffer and now - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, end_frame: bool = False) -> None:
+        """Put everything written on disk, decodable; end the frame when asked
+        or when it is full."""
         if self._buffer:
-            self._file.write(self._compressor.compress(bytes(self._buffer)))
-            self._file.flush()
+            if self._frame is None:
+                self._frame = self._compressor.compressobj()
+                self._frame_raw = 0
+            out = self._frame.compress(bytes(self._buffer))
+            self._frame_raw += len(self._buffer)
             self._buffer.clear()
+            end_frame = end_frame or self._frame_raw >= FRAME_BYTES
+            out += self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH if end_frame
+                                     else zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            if end_frame:
+                self._frame = None
+            self._file.write(out)
+            self._file.flush()
+        elif end_frame and self._frame is not None:
+            self._file.write(self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+            self._frame = None
+            self._file.flush()
         self._last_flush = time.monotonic()
 
     def close(self, end: dict) -> None:
         assert end.get("t") == END
         self.write(end)
-        self.flush()
+        self.flush(end_frame=True)
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
@@ -78,13 +101,13 @@ def end_record(*, complete: bool, reason: Optional[str], iterations: int,
 
 def seal_incomplete(path: str, reason: str) -> dict:
     """Close a trace whose writer stopped without its end record (crash,
-    Ctrl-C, engine death): keep every frame that decodes, drop a torn tail,
-    and append an end record marked incomplete with the reason. Returns the
-    end record now in the file. Raises TraceError when not even the header
-    made it to disk."""
+    Ctrl-C, engine death): keep every record that decodes, rewrite the torn
+    last frame as a complete one, and append an end record marked incomplete
+    with the reason. Returns the end record now in the file. Raises
+    TraceError when not even the header made it to disk."""
     from sgl_replay.trace.reader import TraceError, TraceReader
 
-    with TraceReader(path) as reader:
+    with TraceReader(path, keep_torn=True) as reader:
         iterations = forwards = requests = 0
         try:
             for record in reader.iterations():
@@ -96,14 +119,14 @@ def seal_incomplete(path: str, reason: str) -> dict:
             pass
         if reader.end is not None:
             return reader.end
-        keep = reader.good_bytes
+        keep, tail = reader.good_bytes, reader.torn_records
     end = end_record(complete=False, reason=reason, iterations=iterations,
                      forwards=forwards, requests=requests)
+    raw = b"".join(msgpack.packb(r, use_bin_type=True) for r in [*tail, end])
     with open(path, "r+b") as f:
         f.truncate(keep)
         f.seek(keep)
-        f.write(zstandard.ZstdCompressor(level=COMPRESSION_LEVEL).compress(
-            msgpack.packb(end, use_bin_type=True)))
+        f.write(zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(raw))
         f.flush()
         os.fsync(f.fileno())
     return end

@@ -8,13 +8,13 @@ from sgl_replay.record.workloads import drain
 
 
 def decode_heavy(ctx, n: int = 256):
-    """n concurrent requests, short prompts, 128 new tokens each."""
+    """n concurrent requests, short prompts, 512 new tokens each."""
     for i in range(n):
-        ctx.start_req(rid=f"dh-{i}", prompt_len=32, max_new_tokens=128, ignore_eos=True)
+        ctx.start_req(rid=f"dh-{i}", prompt_len=32, max_new_tokens=512, ignore_eos=True)
     yield from drain(ctx)
 
 
-def prefill_heavy(ctx, n: int = 48):
+def prefill_heavy(ctx, n: int = 160):
     """Long prompts, two new tokens: mostly chunked extend batches."""
     rng = random.Random(1)
     for i in range(n):

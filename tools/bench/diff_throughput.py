@@ -23,6 +23,7 @@ import tracemalloc
 
 from sgl_replay.diff.compare import diff
 from sgl_replay.trace import TraceReader, TraceWriter
+from sgl_replay.trace.format import pack_ids
 from sgl_replay.trace.writer import end_record
 
 WIDTH = 64
@@ -40,13 +41,13 @@ def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) ->
     for i in range(iterations):
         rec = {"t": "iter", "i": i}
         if i == 0:  # the first WIDTH arrive together and prefill
-            rec["inputs"] = [{"type": "generate", "rid": f"req-{k}", "input_ids": [1] * 32,
+            rec["inputs"] = [{"type": "generate", "rid": f"req-{k}", "input_ids": pack_ids([1] * 32),
                               "sampling": {"max_new_tokens": 64}, "stream": True} for k in running]
             rec["batches"] = [{"fwd": 0, "mode": "extend", "reqs": list(running), "new": [32] * WIDTH,
                                "cached": [0] * WIDTH, "tokens": 32 * WIDTH}]
             last = list(running)
         elif i % every == 0 and nxt < REQUESTS:  # one arrives, prefills, joins
-            rec["inputs"] = [{"type": "generate", "rid": f"req-{nxt}", "input_ids": [1] * 32,
+            rec["inputs"] = [{"type": "generate", "rid": f"req-{nxt}", "input_ids": pack_ids([1] * 32),
                               "sampling": {"max_new_tokens": 64}, "stream": True}]
             rec["batches"] = [{"fwd": i, "mode": "extend", "reqs": [nxt], "new": [32], "cached": [0],
                                "tokens": 32}]
