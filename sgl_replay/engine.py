@@ -33,7 +33,6 @@ LOG_TAIL_LINES = 12
 # What sglang logs (and otherwise ignores) when a plugin breaks.
 PLUGIN_FAILURE_MARKERS = ("Failed to load plugin", "Failed to execute general plugin",
                           "Failed to apply hooks to")
-ZOMBIE_GRACE_S = 1.0
 KEEP_ALIVE_S = 24 * 3600
 EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
 
@@ -178,7 +177,8 @@ class Engine:
         self.http_port = http_port
         self.base_url = f"http://127.0.0.1:{http_port}"
         self._stopped = False
-        self._zombies: dict[int, float] = {}  # pid -> when first seen dead
+        self._workers: dict[int, str] = {}  # sglang's named worker processes seen: pid -> title
+        self.died_worker: Optional[str] = None
 
     # ----------------------------------------------------------------- start
     @classmethod
@@ -265,29 +265,37 @@ class Engine:
             return
         if code == EXIT_BAD_ENGINE_ARGS:
             raise BadEngineArgs(f"bad engine argument: {self.log_tail(1)}")
-        raise died(f"engine process died {when} (exit {code}); last log lines:\n{self.log_tail()}")
+        who = self.died_worker or f"the server process (exit {code})"
+        raise died(f"engine died {when}: {who} exited; last log lines:\n{self.log_tail()}")
 
     def _tree_alive(self) -> bool:
-        """launch_server stays up for a while after its scheduler child dies;
-        a dead scheduler is a dead engine. A child that stays a zombie (dead,
-        not reaped) for ZOMBIE_GRACE_S is taken as dead; short-lived helper
-        processes are reaped long before that."""
+        """launch_server can wait on for minutes after its scheduler died
+        (seen: start-up blocks on the scheduler's pipe). Its workers are
+        multiprocessing-spawned children that later name themselves
+        (sglang::scheduler, sglang::detokenizer): once one was seen, its exit
+        is the engine's death."""
         import psutil
 
         try:
             children = psutil.Process(self._process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return False
-        now = time.monotonic()
-        zombies = set()
+        running = set()
         for child in children:
             try:
                 if child.status() == psutil.STATUS_ZOMBIE:
-                    zombies.add(child.pid)
+                    continue
+                running.add(child.pid)
+                title = " ".join(child.cmdline())
+                if title.startswith("sglang::") or "multiprocessing.spawn import spawn_main" in title:
+                    self._workers[child.pid] = title if title.startswith("sglang::") else (
+                        self._workers.get(child.pid) or "a worker process (pid %d)" % child.pid)
             except psutil.NoSuchProcess:
                 pass
-        self._zombies = {pid: self._zombies.get(pid, now) for pid in zombies}
-        return all(now - since < ZOMBIE_GRACE_S for since in self._zombies.values())
+        gone = [title for pid, title in self._workers.items() if pid not in running]
+        if gone:
+            self.died_worker = gone[0]
+        return not gone
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:

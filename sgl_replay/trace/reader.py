@@ -13,7 +13,7 @@ import zstandard
 
 from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, pack_ids
 
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 14  # compressed bytes per read: bounds what one read decompresses to
 
 
 class TraceError(Exception):
