@@ -179,17 +179,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if state is None or state._suite is None and not getattr(state, "unused", None):
         return
     tr = terminalreporter
+    tr.write_sep("-", "sgl-replay goldens")
     if state._suite is not None:
-        tr.write_sep("-", "sgl-replay goldens")
-        suite = state.suite
-        for outcome in suite.outcomes:
+        for outcome in state.suite.outcomes:
             if outcome.status in ("updated", "created"):
                 tr.write_line(f"{outcome.status}: {outcome.golden.path}")
-        tr.write_line(suite.summary(time.monotonic() - state.started))
     unused = getattr(state, "unused", [])
-    if unused:
-        verb = "deleted unused" if state.update else "unused"
-        for path in unused:
-            tr.write_line(f"{verb} golden: {path} (no entry in {path.parent / 'goldens.toml'})")
-        if not state.update:
-            tr.write_line("remove them, or run pytest --sgl-replay-update to delete them")
+    verb = "deleted unused" if state.update else "unused"
+    for path in unused:
+        tr.write_line(f"{verb} golden: {path} (no entry in {path.parent / 'goldens.toml'})")
+    if unused and not state.update:
+        tr.write_line("remove them, or run pytest --sgl-replay-update to delete them")
+    if state._suite is not None:  # the summary line last, where CI logs are read
+        tr.write_line(state.suite.summary(time.monotonic() - state.started))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -17,12 +18,15 @@ def test_scheduler_killed_during_startup_is_reported_not_waited_out():
     """launch_server blocks on its scheduler's pipe when the scheduler dies
     early; the tool notices the named worker is gone."""
     killed = []
+    # engines other tests keep alive in this session have schedulers too:
+    # only a scheduler that appears after this point is ours to kill
+    elders = {p.pid for p in _schedulers()}
 
     def kill_the_scheduler_when_it_appears() -> None:
         deadline = time.monotonic() + START_GUARD_S
         while time.monotonic() < deadline and not killed:
-            for p in psutil.process_iter(["cmdline"]):
-                if "sglang::scheduler" in " ".join(p.info["cmdline"] or []):
+            for p in _schedulers():
+                if p.pid not in elders:
                     p.kill()
                     killed.append(p.pid)
                     return
@@ -35,3 +39,15 @@ def test_scheduler_killed_during_startup_is_reported_not_waited_out():
     message = str(info.value)
     assert "died during start-up" in message, message
     assert "sglang::scheduler" in message or f"worker process (pid {killed[0]})" in message, message
+
+
+def _schedulers() -> list[psutil.Process]:
+    """sglang scheduler processes below this test process."""
+    out = []
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "sglang::scheduler" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:  # gone between listing and reading
+            pass
+    return out
