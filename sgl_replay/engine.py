@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,7 @@ class Engine:
         self.http_port = http_port
         self.base_url = f"http://127.0.0.1:{http_port}"
         self._stopped = False
+        self._keep_work_dir = False  # its log is named in an error the user reads
         self._workers: dict[int, str] = {}  # sglang's named worker processes seen: pid -> title
         self.died_worker: Optional[str] = None
 
@@ -224,6 +226,7 @@ class Engine:
         try:
             engine._await_ready(timeout_s)
         except BaseException:
+            engine._keep_work_dir = True
             engine.stop()
             raise
         return engine
@@ -266,7 +269,8 @@ class Engine:
         if code == EXIT_BAD_ENGINE_ARGS:
             raise BadEngineArgs(f"bad engine argument: {self.log_tail(1)}")
         who = self.died_worker or f"the server process (exit {code})"
-        raise died(f"engine died {when}: {who} exited; last log lines:\n{self.log_tail()}")
+        raise died(f"engine died {when}: {who} exited (log: {self.log_path}); "
+                   f"last log lines:\n{self.log_tail()}")
 
     def _tree_alive(self) -> bool:
         """launch_server can wait on for minutes after its scheduler died
@@ -344,6 +348,8 @@ class Engine:
         if self._stopped:
             return
         self._stopped = True
+        if self._process.poll() is not None or self.died_worker:
+            self._keep_work_dir = True  # it died: its log is the evidence
         try:
             if self._process.poll() is None:
                 try:
@@ -358,6 +364,8 @@ class Engine:
         finally:
             self._sock.close(linger=0)
             self._zmq_ctx.term()
+            if not self._keep_work_dir:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def _kill_tree(self, grace_s: float) -> None:
         import psutil

@@ -60,6 +60,11 @@ class _State:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self._suite is not None:
+            try:
+                self._suite.scratch.rmdir()  # kept while it holds a diverged run's observed trace
+            except OSError:
+                pass
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -157,8 +157,9 @@ def _wait_for_iterations(partial: Path, at_least: int, proc: subprocess.Popen) -
 
 def test_ctrl_c_during_record_keeps_a_sealed_trace_and_stops_the_engine(tmp_path):
     out = tmp_path / "interrupted.sglt"
+    env = {**cli_env(), "TMPDIR": str(tmp_path)}  # where the engine's work directory goes
     proc = subprocess.Popen([*SGL_REPLAY, "record", "scripts:long_decode", "-o", str(out)],
-                            cwd=TESTS, env=cli_env(), text=True, stdout=subprocess.PIPE,
+                            cwd=TESTS, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     _wait_for_iterations(Path(str(out) + ".partial"), 20, proc)
     engine_procs = _descendants(proc.pid)
@@ -170,6 +171,7 @@ def test_ctrl_c_during_record_keeps_a_sealed_trace_and_stops_the_engine(tmp_path
     assert len(body) >= 20 and end["iterations"] >= 20
     gone, alive = psutil.wait_procs(engine_procs, timeout=10)
     assert not alive, f"engine processes left behind: {alive}"
+    assert not list(tmp_path.glob("sgl-replay-engine-*")), "a stopped engine's work directory was left behind"
 
 
 def test_engine_death_during_replay_is_reported_and_the_observed_trace_kept(engines, tmp_path):
@@ -177,8 +179,9 @@ def test_engine_death_during_replay_is_reported_and_the_observed_trace_kept(engi
     record_workload(engines.get(EngineConfig.embedded()), {"kind": "script", "name": "scripts:long_decode"},
                     trace)
     observed = tmp_path / "observed.sglt"
+    env = {**cli_env(), "TMPDIR": str(tmp_path)}  # where the engine's work directory goes
     proc = subprocess.Popen([*SGL_REPLAY, "replay", trace, "-o", str(observed)], cwd=TESTS,
-                            env=cli_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_iterations(Path(str(observed) + ".partial"), 50, proc)
     schedulers = [p for p in _descendants(proc.pid) if "scheduler" in " ".join(p.cmdline() + [p.name()]).lower()]
     assert schedulers, [p.cmdline() for p in _descendants(proc.pid)]
@@ -188,6 +191,7 @@ def test_engine_death_during_replay_is_reported_and_the_observed_trace_kept(engi
     assert proc.returncode == 1, err
     line = one_error_line(subprocess.CompletedProcess([], 1, "", err))
     assert "engine died at iteration" in line
+    assert list(tmp_path.glob("sgl-replay-engine-*/engine.log")), "a dead engine's log was not kept"
     _, body, end = read(str(observed))
     assert end["complete"] is False and len(body) >= 50
 

@@ -39,6 +39,8 @@ def test_scheduler_killed_during_startup_is_reported_not_waited_out():
     message = str(info.value)
     assert "died during start-up" in message, message
     assert "sglang::scheduler" in message or f"worker process (pid {killed[0]})" in message, message
+    log = message.split("(log: ", 1)[1].split(")", 1)[0]
+    assert os.path.getsize(log) > 0  # a dead engine's log is kept, not cleaned up
 
 
 def _schedulers() -> list[psutil.Process]:

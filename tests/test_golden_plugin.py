@@ -82,4 +82,5 @@ def test_a_changed_scheduler_fails_with_the_diff_report(pytester: pytest.Pyteste
     failed.assert_outcomes(failed=1)
     failed.stdout.fnmatch_lines(["*golden trace long_prompt (a long prompt through chunked prefill):*",
                                  "*diverged at iteration 0*", "*long-0 had 256 new tokens at iteration 0 in A, 128 in B*",
+                                 "*observed trace kept at *long_prompt.observed.sglt",
                                  "*if the change is intended: pytest --sgl-replay-update -k long_prompt*"])

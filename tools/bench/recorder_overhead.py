@@ -4,10 +4,11 @@ a replay against its recording: side by side, alternating, on one engine.
 One engine (embedded model; --device cuda on a GPU machine). Each round runs
 the same 64-request workload three ways: as a plain scripted-runtime script
 (sgl-replay's hooks installed but not recording), recorded, and replayed from
-that recording. The workload times itself in the first two; the replay's loop
-time comes from its trace. Medians over the rounds.
+that recording. The workload times itself in the first two (their order
+alternates); the replay's loop time comes from its trace. Ratios are taken
+per round, then the median over the rounds.
 
-    python tools/bench/recorder_overhead.py [--rounds 5] [--device cpu|cuda]
+    python tools/bench/recorder_overhead.py [--rounds 15] [--device cpu|cuda]
 
 Prints one JSON line last: {"bench": "recorder_overhead", ...}.
 """
@@ -46,28 +47,34 @@ def trace_loop_time(path: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sgl-replay-bench-"))
     results = tmp / "timings.jsonl"
     config = EngineConfig.embedded(engine_args=DEVICE_ARGS[args.device],
                                    env={"SGLREPLAY_BENCH_RESULTS": str(results)})
-    plain, recorded, replayed, replay_vs_record = [], [], [], []
+    plain, recorded, replayed, record_vs_plain, replay_vs_record = [], [], [], [], []
     with Engine.start(config, extra_sys_path=(str(HERE),)) as engine:
         engine.run_script(WORKLOAD)  # warm-up (first-use compilation on a GPU)
         for k in range(args.rounds):
-            engine.run_script(WORKLOAD)
-            plain.append(last_timing(results))
             trace = str(tmp / f"run-{k}.sglt")
-            record_workload(engine, {"kind": "script", "name": WORKLOAD}, trace)
-            recorded.append(last_timing(results))
+            # alternate which goes first, so that neither always runs on a
+            # warmer engine; the ratio is taken per round (paired), then the median
+            for way in (("plain", "recorded") if k % 2 == 0 else ("recorded", "plain")):
+                if way == "plain":
+                    engine.run_script(WORKLOAD)
+                    plain.append(last_timing(results))
+                else:
+                    record_workload(engine, {"kind": "script", "name": WORKLOAD}, trace)
+                    recorded.append(last_timing(results))
+            record_vs_plain.append(recorded[-1] / plain[-1])
             observed = str(tmp / f"replay-{k}.sglt")
             replay_trace(engine, trace, observed)
             replayed.append(trace_loop_time(observed))
             replay_vs_record.append(trace_loop_time(observed) / trace_loop_time(trace))
-            print(f"round {k}: plain {plain[-1] * 1e3:.2f} ms/iter, recorded {recorded[-1] * 1e3:.2f}, "
-                  f"replayed {replayed[-1] * 1e3:.2f}", file=sys.stderr)
+            print(f"round {k}: plain {plain[-1] * 1e3:.2f} ms/iter, recorded {recorded[-1] * 1e3:.2f} "
+                  f"(x{record_vs_plain[-1]:.3f}), replayed {replayed[-1] * 1e3:.2f}", file=sys.stderr)
         device = engine.config.engine_args.get("device")
         with TraceReader(trace) as r:
             device_name = r.header["device"].get("name")
@@ -76,7 +83,8 @@ def main() -> None:
         "plain_ms_per_iter": round(statistics.median(plain) * 1e3, 3),
         "recorded_ms_per_iter": round(statistics.median(recorded) * 1e3, 3),
         "replayed_ms_per_iter": round(statistics.median(replayed) * 1e3, 3),
-        "record_over_plain": round(statistics.median(recorded) / statistics.median(plain), 3),
+        "record_over_plain": round(statistics.median(record_vs_plain), 3),
+        "record_over_plain_spread": [round(min(record_vs_plain), 3), round(max(record_vs_plain), 3)],
         "replay_over_record": round(statistics.median(replay_vs_record), 3),
         "targets": {"record_over_plain": 1.02, "replay_over_record": 1.10},
     }
