@@ -289,6 +289,10 @@ def stats(trace: str, as_json: bool) -> None:
             "compression_ratio": round(reader.raw_bytes / reader.file_bytes, 2) if reader.file_bytes else None,
             "bytes_per_forward": round(reader.file_bytes / forwards, 1) if forwards else None,
             "complete": bool(end and end["complete"]),
+            # what recording cost the scheduler loop, measured inside it
+            "recorder_share": (round(end["recorder_seconds"] / end["seconds"], 5)
+                               if end and end.get("recorder_seconds") is not None and end.get("seconds")
+                               else None),
         }
     if as_json:
         click.echo(json.dumps(figures))

@@ -120,7 +120,8 @@ class Outcome:
     golden: Golden
     status: str  # "same" | "diverged" | "missing" | "created" | "updated" | "unchanged"
     report: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # its engine start included, when it needed one
+    engine_starts: int = 0
 
 
 class GoldenSuite:
@@ -136,7 +137,7 @@ class GoldenSuite:
         self.outcomes: list[Outcome] = []
 
     def check(self, golden: Golden) -> Outcome:
-        started = time.monotonic()
+        started, starts = time.monotonic(), self.pool.starts
         if not golden.path.exists():
             outcome = Outcome(golden, "missing", [
                 f"golden {golden.name} is missing: {golden.path} does not exist; "
@@ -153,6 +154,7 @@ class GoldenSuite:
             if result.same:
                 observed.unlink()
         outcome.seconds = time.monotonic() - started
+        outcome.engine_starts = self.pool.starts - starts
         self.outcomes.append(outcome)
         return outcome
 
@@ -160,7 +162,7 @@ class GoldenSuite:
         """Record the golden anew (re-run its workload; a serve golden without
         a client is replayed instead, its inputs kept). An unchanged golden
         keeps its file."""
-        started = time.monotonic()
+        started, starts = time.monotonic(), self.pool.starts
         fresh = self.scratch / f"{golden.name}.fresh{SUFFIX}"
         if golden.workload == "serve" and golden.client is None:
             if not golden.path.exists():
@@ -183,7 +185,7 @@ class GoldenSuite:
             fresh.unlink()
         else:
             os.replace(fresh, golden.path)
-        outcome = Outcome(golden, status, lines, time.monotonic() - started)
+        outcome = Outcome(golden, status, lines, time.monotonic() - started, self.pool.starts - starts)
         self.outcomes.append(outcome)
         return outcome
 
@@ -191,10 +193,13 @@ class GoldenSuite:
         with TraceReader(str(a)) as ra, TraceReader(str(b)) as rb:
             return diff(ra, rb, self.options)
 
-    def summary(self, elapsed_s: float) -> str:
+    def summary(self) -> str:
+        """One line: the goldens' own time and engine starts (in a session
+        that shares the pool with other tests, theirs are not counted)."""
         counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        return (f"sgl-replay: {len(self.outcomes)} goldens in {elapsed_s:.1f}s ({parts}; "
-                f"{self.pool.starts} engine starts)")
+        seconds = sum(o.seconds for o in self.outcomes)
+        starts = sum(o.engine_starts for o in self.outcomes)
+        return f"sgl-replay: {len(self.outcomes)} goldens in {seconds:.1f}s ({parts}; {starts} engine starts)"

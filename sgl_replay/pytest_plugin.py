@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -38,14 +37,13 @@ class _State:
         self._suite = None
         self.manifests: dict[Path, list] = {}  # manifest dir -> goldens declared
         self.ran: set[tuple[Path, str]] = set()
-        self.started = time.monotonic()
 
     @property
     def pool(self):
         if self._pool is None:
             from sgl_replay.engine import EnginePool
 
-            self._pool = EnginePool(extra_sys_path=self.pythonpath, max_live=4)
+            self._pool = EnginePool(extra_sys_path=self.pythonpath, max_live=5)
         return self._pool
 
     @property
@@ -196,4 +194,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if unused and not state.update:
         tr.write_line("remove them, or run pytest --sgl-replay-update to delete them")
     if state._suite is not None:  # the summary line last, where CI logs are read
-        tr.write_line(state.suite.summary(time.monotonic() - state.started))
+        tr.write_line(state.suite.summary())

@@ -53,6 +53,7 @@ def test_chunked_prefill_runs_ceil_len_over_chunk_extends(recorded):
     assert life["finish"]["reason"] == "length" and life["finish"]["length"] == 4
     assert life["decodes"] == 3  # the first token comes from the last prefill chunk
     assert end["complete"] and end["forwards"] == len(forwards(body))
+    assert 0 < end["recorder_seconds"] < end["seconds"]  # the recorder timed its own work
 
 
 def test_prefix_reuse_hits_the_radix_cache(recorded):

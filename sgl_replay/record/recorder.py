@@ -97,7 +97,7 @@ class RecordingHook:
         self._inner.step()  # the script's turn: it may start or stop a recording
         rec = self._probe.recording
         if rec is not None:
-            rec.begin_iteration()
+            self._probe.guard(rec.begin_iteration)
 
     def on_run_batch(self, batch) -> None:
         self._inner.on_run_batch(batch)
@@ -139,6 +139,7 @@ class Probe:
         self.proxy_wrapper: Optional[RecordingProxy] = None
         self.recording: Optional[Recording] = None
         self.failure: Optional[str] = None
+        self.own_seconds = 0.0  # time the current recording spent in the recorder's code
         # rid -> when the last capture that used it ended its HTTP traffic
         self.recent: dict[str, float] = {}
         # rids of requests that outlived the last capture (the next script's
@@ -168,6 +169,7 @@ class Probe:
     def start(self, path: str, header: dict) -> "Recording":
         assert self.recording is None, "a recording is already active"
         self.failure = None
+        self.own_seconds = 0.0
         self.recording = Recording(self.scheduler, path, header)
         return self.recording
 
@@ -181,14 +183,18 @@ class Probe:
             self.mark_traffic_end(rec.req_of_rid)
             self.outlived.update(r.rid for r in rec.live.values())
             self.outlived.update(rec.pending.values())
-        end = rec.close(complete=complete, reason=reason)
+        end = rec.close(complete=complete, reason=reason, recorder_seconds=self.own_seconds)
         if self.failure is not None:
             raise RuntimeError(f"sgl-replay recorder failed inside the scheduler:\n{self.failure}")
         return end
 
     def guard(self, fn, *args) -> None:
+        """Run one piece of the recorder's per-iteration work: timed (the
+        end record says what recording cost), its failure kept."""
+        started = time.perf_counter()
         try:
             fn(*args)
+            self.own_seconds += time.perf_counter() - started
         except Exception:  # noqa: BLE001 — never raise into the scheduler loop
             self.failure = traceback.format_exc()
             logger.error("sgl-replay recorder failed; recording stops:\n%s", self.failure)
@@ -220,7 +226,7 @@ class _FailedRecording:
     def on_input(self, obj) -> None:
         pass
 
-    def close(self, *, complete: bool, reason: Optional[str]) -> dict:
+    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: float = 0.0) -> dict:
         return {}
 
 
@@ -390,10 +396,11 @@ class Recording:
             self._relive()
         return gone
 
-    def close(self, *, complete: bool, reason: Optional[str]) -> dict:
+    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None) -> dict:
         end = end_record(complete=complete, reason=reason, iterations=self.next_i,
                          forwards=self.forwards, requests=self.requests,
-                         seconds=round(time.monotonic() - self.started, 6))
+                         seconds=round(time.monotonic() - self.started, 6),
+                         recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6))
         self.writer.close(end)
         return end
 

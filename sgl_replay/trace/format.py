@@ -12,7 +12,8 @@ are a stream of msgpack maps:
               "finished":  [[req, reason, output_len, output_hash], ...]
               "retracted": [req, ...]}
     end      {"t": "end", "complete": bool, "reason": str | None,
-              "iterations": n, "forwards": n, "requests": n, "seconds": loop time}
+              "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
+              "recorder_seconds": of that, time in the recorder's own code}
 
 An iteration in which nothing was pulled, nothing ran and no size changed is
 not written: gaps in "i" are idle loop iterations.

@@ -91,11 +91,14 @@ class TraceWriter:
 
 
 def end_record(*, complete: bool, reason: Optional[str], iterations: int,
-               forwards: int, requests: int, seconds: Optional[float] = None) -> dict[str, Any]:
+               forwards: int, requests: int, seconds: Optional[float] = None,
+               recorder_seconds: Optional[float] = None) -> dict[str, Any]:
     end = {"t": END, "complete": complete, "reason": reason,
            "iterations": iterations, "forwards": forwards, "requests": requests}
     if seconds is not None:
         end["seconds"] = seconds  # loop time from the first iteration to the last
+    if recorder_seconds is not None:
+        end["recorder_seconds"] = recorder_seconds  # of which in the recorder's own code
     return end
 
 
