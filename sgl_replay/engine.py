@@ -34,6 +34,11 @@ LOG_TAIL_LINES = 12
 # What sglang logs (and otherwise ignores) when a plugin breaks.
 PLUGIN_FAILURE_MARKERS = ("Failed to load plugin", "Failed to execute general plugin",
                           "Failed to apply hooks to")
+# The HTTP port is picked free but bound by the server only ~25 s later; when
+# another process took it meanwhile, uvicorn logs this and the engine hangs in
+# warmup for 120 s before dying. Seen in the test suite: start again on a new port.
+PORT_TAKEN_MARKER = "error while attempting to bind on address"
+PORT_ATTEMPTS = 3
 KEEP_ALIVE_S = 24 * 3600
 EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
 
@@ -98,6 +103,10 @@ class EngineError(Exception):
 
 class BadEngineArgs(EngineError):
     exit_code = 2
+
+
+class _PortTaken(EngineError):
+    """The HTTP port went to another process before the server bound it."""
 
 
 class EngineDied(EngineError):
@@ -186,6 +195,15 @@ class Engine:
     @classmethod
     def start(cls, config: EngineConfig, *, timeout_s: float = ENGINE_READY_TIMEOUT_S,
               extra_sys_path: tuple[str, ...] = ()) -> "Engine":
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return cls._launch(config, timeout_s, extra_sys_path)
+            except _PortTaken as e:
+                if attempt == PORT_ATTEMPTS:
+                    raise EngineError(f"{e} ({attempt} attempts)") from None
+
+    @classmethod
+    def _launch(cls, config: EngineConfig, timeout_s: float, extra_sys_path: tuple[str, ...]) -> "Engine":
         import zmq
 
         work_dir = Path(tempfile.mkdtemp(prefix="sgl-replay-engine-"))
@@ -225,8 +243,8 @@ class Engine:
         engine = cls(config, process, log_path, work_dir, zmq_ctx, sock, http_port)
         try:
             engine._await_ready(timeout_s)
-        except BaseException:
-            engine._keep_work_dir = True
+        except BaseException as e:
+            engine._keep_work_dir = not isinstance(e, _PortTaken)
             engine.stop()
             raise
         return engine
@@ -235,6 +253,7 @@ class Engine:
         deadline = time.monotonic() + timeout_s
         while not self._sock.poll(int(POLL_INTERVAL_S * 1000)):
             self._check_alive("during start-up")
+            self._check_port_not_taken()
             if time.monotonic() > deadline:
                 raise EngineError(f"engine did not become ready within {timeout_s:.0f}s; "
                                   f"log: {self.log_path}")
@@ -245,11 +264,16 @@ class Engine:
         # bound yet, and every control primitive posts to it.
         while not _port_open(self.http_port):
             self._check_alive("while binding its HTTP port")
+            self._check_port_not_taken()
             if time.monotonic() > deadline:
                 raise EngineError(f"engine HTTP port {self.http_port} not bound within "
                                   f"{timeout_s:.0f}s; log: {self.log_path}")
             time.sleep(POLL_INTERVAL_S)
         self._check_plugins()
+
+    def _check_port_not_taken(self) -> None:
+        if PORT_TAKEN_MARKER in self.log_path.read_text(errors="replace"):
+            raise _PortTaken(f"engine HTTP port {self.http_port} was taken by another process")
 
     def _check_plugins(self) -> None:
         """sglang only logs a plugin that fails to import, run or hook. An

@@ -53,3 +53,28 @@ def _schedulers() -> list[psutil.Process]:
         except psutil.Error:  # gone between listing and reading
             pass
     return out
+
+
+def test_http_port_taken_before_the_server_binds_it_starts_again_on_another(monkeypatch):
+    """The port is picked free, then bound by the server only at the end of
+    its start-up; another process can take it meanwhile (seen in this suite).
+    Here the first port handed out is one the test holds."""
+    import socket
+
+    import sgl_replay.engine as engine_module
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    original, handed, picked = engine_module._free_port, [held.getsockname()[1]], []
+
+    def the_held_port_first() -> int:
+        picked.append(handed.pop() if handed else original())
+        return picked[-1]
+
+    monkeypatch.setattr(engine_module, "_free_port", the_held_port_first)
+    try:
+        with Engine.start(EngineConfig.embedded(), timeout_s=START_GUARD_S) as engine:
+            assert picked[0] == held.getsockname()[1] and engine.http_port == picked[-1] != picked[0]
+            assert engine.alive()
+    finally:
+        held.close()
