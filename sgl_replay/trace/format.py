@@ -68,9 +68,8 @@ def pack_ids(ids) -> bytes:
     return packed.tobytes()
 
 
-def unpack_ids(data) -> list[int]:
-    if isinstance(data, (list, tuple)):  # format 1
-        return list(data)
+def unpack_ids(data: bytes) -> list[int]:
+    """The token ids back (the reader already packed format 1's lists)."""
     ids = array("i")
     ids.frombytes(data)
     if sys.byteorder == "big":
