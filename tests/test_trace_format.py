@@ -56,13 +56,42 @@ def test_round_trip_across_many_frames(tmp_path, monkeypatch):
         assert r.frames > 10
 
 
+def stored_records(path) -> list:
+    """The file's records as stored, with plain zstd and msgpack."""
+    raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True).read()
+    return list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
+
+
 def test_plain_zstd_decodes_the_whole_file(tmp_path):
     records = [iteration(i) for i in range(50)]
     write(tmp_path / "t.sglt", records)
-    raw = zstandard.ZstdDecompressor().stream_reader(
-        open(tmp_path / "t.sglt", "rb"), read_across_frames=True).read()
-    items = list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
-    assert items[0]["t"] == "header" and items[1:-1] == records and items[-1]["t"] == "end"
+    items = stored_records(tmp_path / "t.sglt")
+    assert items[0]["t"] == "header" and items[-1]["t"] == "end"
+    # every batch runs requests [0, 1]: only the first batch says so
+    assert items[1] == records[0]
+    for stored, written in zip(items[2:-1], records[1:], strict=True):
+        assert "reqs" not in stored["batches"][0]
+        assert stored == {**written, "batches": [{k: v for k, v in written["batches"][0].items()
+                                                  if k != "reqs"}]}
+    assert all(rec["batches"][0]["reqs"] == [0, 1] for rec in records)  # the caller's, untouched
+
+
+batch_reqs = st.sampled_from([[0], [0, 1], [1, 0], [2], []])  # few lists: repeats are common
+
+
+@settings(max_examples=60, deadline=None)
+@given(iterations=st.lists(st.lists(batch_reqs, max_size=3), max_size=40))
+def test_repeated_requests_are_stored_once_and_read_back(tmp_path_factory, iterations):
+    records = [{"t": "iter", "i": i, "batches": [{"fwd": 0, "mode": "decode", "reqs": list(reqs), "tokens": 1}
+                                                 for reqs in batches]}
+               for i, batches in enumerate(iterations)]
+    path = tmp_path_factory.mktemp("reqs") / "t.sglt"
+    write(path, records)
+    assert read_all(path)[0] == records
+    sequence = [b["reqs"] for rec in records for b in rec["batches"]]
+    changes = sum(1 for k, reqs in enumerate(sequence) if k == 0 or reqs != sequence[k - 1])
+    stored = [b for rec in stored_records(path)[1:-1] for b in rec.get("batches", ())]
+    assert sum("reqs" in b for b in stored) == changes
 
 
 def test_torn_tail_is_reported_with_frame_and_offset(tmp_path, monkeypatch):

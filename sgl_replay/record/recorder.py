@@ -288,17 +288,16 @@ class Recording:
         record = {"fwd": batch.forward_iter - self.fwd_base,
                   "mode": mode.name.lower() if mode is not None else None}
         # The same Req objects in the same order as the previous batch (list
-        # equality tests identity first): same numbers, and format 2 leaves
-        # "reqs" out.
+        # equality tests identity first): the same numbers, as the same list,
+        # which the writer then leaves out of the trace.
         if reqs == self._last_req_objs:
             nums = self._last_reqs
         else:
             req_of_rid = self.req_of_rid
             nums = [req_of_rid[r.rid] for r in reqs]
             self._last_req_objs = list(reqs)
-            if nums != self._last_reqs:
-                record["reqs"] = nums
-                self._last_reqs = nums
+            self._last_reqs = nums
+        record["reqs"] = nums
         if mode is not None and mode.is_extend():
             record["new"] = list(batch.extend_lens)
             record["cached"] = list(batch.prefix_lens)

@@ -37,6 +37,7 @@ class TraceWriter:
         self._frame = None  # the open frame's compressor
         self._frame_raw = 0
         self._last_flush = time.monotonic()
+        self._last_reqs = None  # the previous forward batch's "reqs"
         self.raw_bytes = 0
         # The header travels alone in the first frame: `show` reads it without
         # decompressing the body.
@@ -44,11 +45,30 @@ class TraceWriter:
         self.flush(end_frame=True)
 
     def write(self, record: dict) -> None:
+        """Append a record. A batch whose "reqs" equal the previous batch's
+        is written without them (most decode steps); the reader fills them
+        back in. The caller's record is not changed."""
+        batches = record.get("batches")
+        if batches:
+            record = self._leave_out_repeated_reqs(record, batches)
         packed = self._packer.pack(record)
         self._buffer += packed
         self.raw_bytes += len(packed)
         if len(self._buffer) >= BLOCK_BYTES:
             self.flush()
+
+    def _leave_out_repeated_reqs(self, record: dict, batches: list) -> dict:
+        kept = []
+        for batch in batches:
+            reqs = batch.get("reqs")
+            if reqs is None:  # the caller left them out already
+                pass
+            elif reqs is self._last_reqs or reqs == self._last_reqs:
+                batch = {k: v for k, v in batch.items() if k != "reqs"}
+            else:
+                self._last_reqs = reqs
+            kept.append(batch)
+        return {**record, "batches": kept}
 
     def flush_if_due(self, now: float) -> None:
         if self._buffer and now - self._last_flush >= FLUSH_INTERVAL_S:

@@ -36,7 +36,6 @@ def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) ->
                            "resolved": {}})
     running = list(range(WIDTH))
     nxt = WIDTH
-    last = None
     every = max(1, iterations // (REQUESTS - WIDTH))
     for i in range(iterations):
         rec = {"t": "iter", "i": i}
@@ -45,22 +44,17 @@ def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) ->
                               "sampling": {"max_new_tokens": 64}, "stream": True} for k in running]
             rec["batches"] = [{"fwd": 0, "mode": "extend", "reqs": list(running), "new": [32] * WIDTH,
                                "cached": [0] * WIDTH, "tokens": 32 * WIDTH}]
-            last = list(running)
         elif i % every == 0 and nxt < REQUESTS:  # one arrives, prefills, joins
             rec["inputs"] = [{"type": "generate", "rid": f"req-{nxt}", "input_ids": pack_ids([1] * 32),
                               "sampling": {"max_new_tokens": 64}, "stream": True}]
             rec["batches"] = [{"fwd": i, "mode": "extend", "reqs": [nxt], "new": [32], "cached": [0],
                                "tokens": 32}]
-            last = [nxt]
             rec["finished"] = [[running[0], "length", 64, (i * 2654435761) % 2**64]]
             running = running[1:] + [nxt]
             nxt += 1
         else:
-            batch = {"fwd": i, "mode": "decode", "tokens": len(running)}
-            if running != last:
-                batch["reqs"] = list(running)
-                last = list(running)
-            rec["batches"] = [batch]
+            # the writer leaves "reqs" out while they repeat
+            rec["batches"] = [{"fwd": i, "mode": "decode", "reqs": running, "tokens": len(running)}]
         waiting = 3 if diverge_at is None or i < diverge_at else 4
         rec["state"] = {"waiting": waiting, "running": len(running), "kv_free": 50_000 - i % 1000,
                         "req_free": 100}

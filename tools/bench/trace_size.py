@@ -5,8 +5,10 @@ each) and a prefill-heavy one on the embedded CPU engine, then reports for
 each: bytes per forward batch (the body: the header, about 6 KB of server
 arguments and versions, is counted apart), the same records written as JSON
 lines (bytes and ratio, header included and not), and the encode and decode
-rates of the trace codec (records per second, the recorded body written and
-read back 10 times over; every record here is a busy loop iteration).
+rates of the trace codec (records per second, median of 5 timings with the
+engine stopped, the recorded body written and read back 10 times over; every
+record here is a busy loop iteration), beside msgpack alone unpacking the
+same bytes from memory: the most any Python reader of this format can do.
 
     python tools/bench/trace_size.py
 
@@ -15,12 +17,17 @@ Prints one JSON line last: {"bench": "trace_size", ...}.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import msgpack
+import zstandard
 
 from sgl_replay.engine import Engine, EngineConfig
 from sgl_replay.record.runner import record_workload
@@ -29,31 +36,62 @@ from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.writer import end_record
 
 HERE = Path(__file__).parent
-REPEAT = 10
+REPEAT = 10  # the body this many times over in one codec timing
+RUNS = 5  # codec timings per figure
+WORKLOADS = ("decode_heavy", "prefill_heavy")
 
 
-def codec_rates(path: str) -> dict:
+def median_rate(count: int, run) -> tuple[int, int, int]:
+    """Records per second of `run` (median, slowest, fastest of RUNS):
+    this machine's speed drifts by half from minute to minute."""
+    rates = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        run()
+        rates.append(count / (time.perf_counter() - started))
+    rates.sort()
+    return round(rates[len(rates) // 2]), round(rates[0]), round(rates[-1])
+
+
+def codec_rates(path: str, tmp: Path) -> dict:
     with TraceReader(path) as r:
         header = r.header
         body = list(r.iterations())
-    # the body REPEAT times over, renumbered, so that the timing is long enough
+    # the body REPEAT times over, renumbered, so that one timing is long
+    # enough; the writer leaves repeated batch requests out, as in the recorded trace
     records = [{**rec, "i": rec["i"] + k * 10**6} for k in range(REPEAT) for rec in body]
-    out = tempfile.mktemp(suffix=".sglt")
-    started = time.perf_counter()
-    w = TraceWriter(out, header)
-    for rec in records:
-        w.write(rec)
-    w.close(end_record(complete=True, reason=None, iterations=len(records), forwards=0, requests=0))
-    encode = len(records) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    with TraceReader(out) as r:
-        n = sum(1 for _ in r.iterations())
-    decode = n / (time.perf_counter() - started)
+    out = str(tmp / "codec.sglt")
+
+    def encode():
+        w = TraceWriter(out, header)
+        for rec in records:
+            w.write(rec)
+        w.close(end_record(complete=True, reason=None, iterations=len(records), forwards=0,
+                           requests=0))
+
+    def decode():
+        with TraceReader(out) as r:
+            for _ in r.iterations():
+                pass
+
+    encode_rate = median_rate(len(records), encode)
+    decode_rate = median_rate(len(records), decode)
+    # the most any Python reader of this format can do: msgpack alone,
+    # unpacking the same bytes already decompressed in memory
+    with open(out, "rb") as f:
+        raw = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    msgpack_rate = median_rate(len(records), lambda: sum(
+        1 for _ in msgpack.Unpacker(io.BytesIO(raw), raw=False, strict_map_key=False)))
     os.unlink(out)
+
     def jsonl(records):  # the same content as JSON: token ids as numbers
         return sum(len(json.dumps(rec, separators=(",", ":"), default=unpack_ids)) + 1 for rec in records)
 
-    return {"encode_it_per_s": round(encode), "decode_it_per_s": round(decode),
+    return {"encode_it_per_s": encode_rate[0], "encode_range": encode_rate[1:],
+            "decode_it_per_s": decode_rate[0], "decode_range": decode_rate[1:],
+            "msgpack_only_it_per_s": msgpack_rate[0],
+            "decode_share_of_msgpack_only": round(decode_rate[0] / msgpack_rate[0], 2),
+            "raw_bytes_per_it": round(len(raw) / len(records)),
             "jsonl_bytes": jsonl([header] + body), "jsonl_body_bytes": jsonl(body)}
 
 
@@ -68,25 +106,33 @@ def main() -> None:
     figures = {}
     config = EngineConfig.embedded(engine_args={"max_total_tokens": 65536})
     tmp = Path(tempfile.mkdtemp(prefix="sgl-replay-bench-"))
-    with Engine.start(config, extra_sys_path=(str(HERE),)) as engine:
-        for name in ("decode_heavy", "prefill_heavy"):
-            out = str(tmp / f"{name}.sglt")
-            end = record_workload(engine, {"kind": "script", "name": f"bench_workloads:{name}"}, out)
+    try:
+        ends = {}
+        with Engine.start(config, extra_sys_path=(str(HERE),)) as engine:
+            for name in WORKLOADS:
+                ends[name] = record_workload(engine, {"kind": "script", "name": f"bench_workloads:{name}"},
+                                             str(tmp / f"{name}.sglt"))
+        # the codec is timed with the engine stopped: its processes share this machine's cores
+        for name in WORKLOADS:
+            out, end = str(tmp / f"{name}.sglt"), ends[name]
             size = os.path.getsize(out)
             body = size - header_bytes(out)
-            rates = codec_rates(out)
-            figures[name] = {
+            rates = codec_rates(out, tmp)
+            jsonl_body = rates.pop("jsonl_body_bytes")
+            figures[name] = f = {
                 "forwards": end["forwards"], "iterations": end["iterations"], "bytes": size,
                 "body_bytes": body, "bytes_per_forward": round(body / end["forwards"], 1),
-                "jsonl_bytes": rates["jsonl_bytes"], "jsonl_ratio": round(rates["jsonl_bytes"] / size, 1),
-                "jsonl_body_ratio": round(rates["jsonl_body_bytes"] / body, 1),
-                "encode_it_per_s": rates["encode_it_per_s"], "decode_it_per_s": rates["decode_it_per_s"],
+                "jsonl_ratio": round(rates["jsonl_bytes"] / size, 1),
+                "jsonl_body_ratio": round(jsonl_body / body, 1), **rates,
             }
-            f = figures[name]
             print(f"{name}: {f['forwards']} forwards, {size} bytes ({body} body), "
                   f"{f['bytes_per_forward']} B/forward; JSON lines {f['jsonl_ratio']}x larger "
-                  f"({f['jsonl_body_ratio']}x for the body); encode {f['encode_it_per_s']:,} records/s, "
-                  f"decode {f['decode_it_per_s']:,} records/s", file=sys.stderr)
+                  f"({f['jsonl_body_ratio']}x for the body); {f['raw_bytes_per_it']} B/record unpacked; "
+                  f"encode {f['encode_it_per_s']:,} records/s, decode {f['decode_it_per_s']:,} records/s "
+                  f"(msgpack alone on the same bytes in memory: {f['msgpack_only_it_per_s']:,})",
+                  file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"bench": "trace_size", **figures,
                       "targets": {"jsonl_ratio": 20, "encode_it_per_s": 100_000,
                                   "decode_it_per_s": 500_000}}))
