@@ -320,7 +320,8 @@ class Engine:
                         self._workers.get(child.pid) or "a worker process (pid %d)" % child.pid)
             except psutil.NoSuchProcess:
                 pass
-        gone = [title for pid, title in self._workers.items() if pid not in running]
+        gone = [title for pid, title in self._workers.items()
+                if pid not in running and not _pid_running(pid)]
         if gone:
             self.died_worker = gone[0]
         return not gone
@@ -454,6 +455,17 @@ class EnginePool:
         for engine in self._engines.values():
             engine.stop()
         self._engines.clear()
+
+
+def _pid_running(pid: int) -> bool:
+    """A second look before calling a worker dead: a process list read while
+    processes come and go can miss one that is alive."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _port_open(port: int) -> bool:

@@ -13,7 +13,7 @@ from sgl_replay.diff.report import text_lines
 from sgl_replay.record.runner import record_workload
 from sgl_replay.record.workloads import BUILTIN
 from sgl_replay.replay.runner import engine_config_for, replay_trace
-from sgl_replay.trace import TraceReader
+from sgl_replay.trace import FORMAT_VERSION, TraceReader
 
 FIDELITY_RUNS = 5
 
@@ -50,7 +50,7 @@ def test_a_format_1_trace_still_replays(engines, tmp_path):
     assert header["format"] == 1 and all("reqs" in b for b in forwards(body))
     observed = str(tmp_path / "observed.sglt")
     replay_on(engines, legacy, observed)
-    assert read(observed)[0]["format"] == 2
+    assert read(observed)[0]["format"] == FORMAT_VERSION
     result = compare(legacy, observed)
     assert result.verdict == "same", "\n".join(text_lines(result))
 

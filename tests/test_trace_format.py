@@ -57,9 +57,14 @@ def test_round_trip_across_many_frames(tmp_path, monkeypatch):
 
 
 def stored_records(path) -> list:
-    """The file's records as stored, with plain zstd and msgpack."""
+    """The file's records as stored, with plain zstd and msgpack: blocks,
+    each its byte length then an array of records."""
     raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True).read()
-    return list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
+    values = list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
+    lengths, blocks = values[0::2], values[1::2]
+    assert len(lengths) == len(blocks) and all(type(b) is list for b in blocks)
+    assert lengths == [len(msgpack.packb(b, use_bin_type=True)) for b in blocks]
+    return [record for block in blocks for record in block]
 
 
 def test_plain_zstd_decodes_the_whole_file(tmp_path):

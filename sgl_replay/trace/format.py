@@ -1,9 +1,10 @@
 """What a trace file holds, named by sgl-replay and by nothing of sglang's.
 
 A trace is a sequence of independent zstd frames; concatenated, their contents
-are a stream of msgpack maps:
+are a stream of blocks, each its byte length (a msgpack uint) then a msgpack
+array of records (maps). The header is the first frame's only block.
 
-    header   {"t": "header", "format": 1, versions, device, engine_args,
+    header   {"t": "header", "format": 3, versions, device, engine_args,
               server_args, env, model, pools, workload, source}
     iter     {"t": "iter", "i": loop iteration, and only what happened:
               "inputs":    objects the scheduler pulled, in pull order
@@ -43,12 +44,13 @@ from __future__ import annotations
 import sys
 from array import array
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Versions this code reads. Version 1 wrote "reqs" in every batch and input
 # ids as a list; version 2 leaves "reqs" out when unchanged and packs input
-# ids. The reader fills "reqs" in and packs version-1 input ids, so a
-# version-1 trace reads, replays and diffs as it is.
-READABLE_VERSIONS = (1, 2)
+# ids; versions 1 and 2 write records one after another, not in blocks. The
+# reader fills "reqs" in and packs version-1 input ids, so an older trace
+# reads, replays and diffs as it is.
+READABLE_VERSIONS = (1, 2, 3)
 
 SUFFIX = ".sglt"
 

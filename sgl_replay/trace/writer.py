@@ -2,8 +2,10 @@
 
 A frame holds up to FRAME_BYTES of records and keeps one compression
 context, so small records compress against everything before them in the
-frame. Within a frame, every flush ends a zstd block: what was written up to
-there is decodable from the file at once. A crash loses at most the records
+frame. The records between two flushes make one block: its byte length, then
+a msgpack array of them (the reader decodes a block in one call). Every flush
+also ends a zstd block: what was written up to there is decodable from the
+file at once. A crash loses at most the records
 not yet flushed (FLUSH_INTERVAL_S of a run at most); `seal_incomplete`
 re-closes the torn last frame. A finished trace is plain zstd (`zstd -d`).
 """
@@ -33,7 +35,8 @@ class TraceWriter:
         # the checksum makes a corrupt frame fail loudly at its end, not decode to garbage
         self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the block's records, packed
+        self._buffer_records = 0
         self._frame = None  # the open frame's compressor
         self._frame_raw = 0
         self._last_flush = time.monotonic()
@@ -53,6 +56,7 @@ class TraceWriter:
             record = self._leave_out_repeated_reqs(record, batches)
         packed = self._packer.pack(record)
         self._buffer += packed
+        self._buffer_records += 1
         self.raw_bytes += len(packed)
         if len(self._buffer) >= BLOCK_BYTES:
             self.flush()
@@ -81,9 +85,11 @@ class TraceWriter:
             if self._frame is None:
                 self._frame = self._compressor.compressobj()
                 self._frame_raw = 0
-            out = self._frame.compress(bytes(self._buffer))
-            self._frame_raw += len(self._buffer)
+            block = pack_block(self._buffer, self._buffer_records)
+            out = self._frame.compress(block)
+            self._frame_raw += len(block)
             self._buffer.clear()
+            self._buffer_records = 0
             end_frame = end_frame or self._frame_raw >= FRAME_BYTES
             out += self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH if end_frame
                                      else zstandard.COMPRESSOBJ_FLUSH_BLOCK)
@@ -108,6 +114,14 @@ class TraceWriter:
     @property
     def closed(self) -> bool:
         return self._file is None
+
+
+def pack_block(packed_records: bytes, count: int) -> bytes:
+    """One block: its byte length (a msgpack uint), then the msgpack array of
+    `count` records already packed one after another in `packed_records`."""
+    packer = msgpack.Packer()
+    array = packer.pack_array_header(count) + packed_records
+    return packer.pack(len(array)) + array
 
 
 def end_record(*, complete: bool, reason: Optional[str], iterations: int,
@@ -145,7 +159,8 @@ def seal_incomplete(path: str, reason: str) -> dict:
         keep, tail = reader.good_bytes, reader.torn_records
     end = end_record(complete=False, reason=reason, iterations=iterations,
                      forwards=forwards, requests=requests)
-    raw = b"".join(msgpack.packb(r, use_bin_type=True) for r in [*tail, end])
+    records = [*tail, end]
+    raw = pack_block(b"".join(msgpack.packb(r, use_bin_type=True) for r in records), len(records))
     with open(path, "r+b") as f:
         f.truncate(keep)
         f.seek(keep)

@@ -1,7 +1,7 @@
 """Diff throughput and memory on long traces (no engine: the diff never
 needs one). Writes pairs of synthetic traces shaped like a busy decode-heavy
 run (64 running requests, 2000 requests in all, a finish and an arrival at
-even intervals, a record every iteration, format 2), then times `diff` on
+even intervals, a record every iteration), then times `diff` on
 them and traces its peak Python memory at 10k and 100k iterations. The
 per-request lifecycle table is the only state that grows, with requests,
 not iterations: equal peaks for the same 2000 requests mean the diff streams.
@@ -22,7 +22,7 @@ import time
 import tracemalloc
 
 from sgl_replay.diff.compare import diff
-from sgl_replay.trace import TraceReader, TraceWriter
+from sgl_replay.trace import FORMAT_VERSION, TraceReader, TraceWriter
 from sgl_replay.trace.format import pack_ids
 from sgl_replay.trace.writer import end_record
 
@@ -31,7 +31,7 @@ REQUESTS = 2000
 
 
 def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) -> None:
-    w = TraceWriter(path, {"t": "header", "format": 2, "engine_args": {}, "env": {}, "pools": {},
+    w = TraceWriter(path, {"t": "header", "format": FORMAT_VERSION, "engine_args": {}, "env": {}, "pools": {},
                            "model": {"config": {}}, "device": {"type": "cpu"}, "versions": {},
                            "resolved": {}})
     running = list(range(WIDTH))
