@@ -99,6 +99,18 @@ def test_repeated_requests_are_stored_once_and_read_back(tmp_path_factory, itera
     assert sum("reqs" in b for b in stored) == changes
 
 
+def test_a_format_2_file_records_one_after_another_still_reads(tmp_path):
+    records = [iteration(i) for i in range(30)]
+    stored = [{**rec, "batches": [{k: v for k, v in rec["batches"][0].items() if k != "reqs" or rec["i"] == 0}]}
+              for rec in records]  # format 2 left repeated requests out too
+    pack = lambda recs: zstandard.ZstdCompressor().compress(  # noqa: E731
+        b"".join(msgpack.packb(r, use_bin_type=True) for r in recs))
+    end = end_record(complete=True, reason=None, iterations=30, forwards=30, requests=0)
+    (tmp_path / "v2.sglt").write_bytes(pack([header(format=2)]) + pack(stored[:10]) + pack([*stored[10:], end]))
+    body, read_end = read_all(tmp_path / "v2.sglt")
+    assert body == records and read_end == end
+
+
 def test_torn_tail_is_reported_with_frame_and_offset(tmp_path, monkeypatch):
     small_frames(monkeypatch)
     write(tmp_path / "t.sglt", [iteration(i) for i in range(100)])
