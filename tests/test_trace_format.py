@@ -9,9 +9,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_replay.trace import TraceError, TraceReader, TraceWriter, seal_incomplete
+from sgl_replay.trace import FORMAT_VERSION, TraceError, TraceReader, TraceWriter, seal_incomplete
 from sgl_replay.trace import writer as writer_module
-from sgl_replay.trace.writer import end_record
+from sgl_replay.trace.writer import end_record, pack_block
 
 
 def header(**extra) -> dict:
@@ -135,9 +135,15 @@ def test_corrupt_frame_is_named(tmp_path, monkeypatch):
         read_all(tmp_path / "bad.sglt")
 
 
+def test_the_writer_names_its_own_format_version(tmp_path):
+    write(tmp_path / "t.sglt", [iteration(0)])  # header() says format 1
+    with TraceReader(str(tmp_path / "t.sglt")) as r:
+        assert r.header["format"] == FORMAT_VERSION
+
+
 def test_newer_format_version_gets_a_clear_error(tmp_path):
-    w = TraceWriter(str(tmp_path / "new.sglt"), header(format=99))
-    w.close(end_record(complete=True, reason=None, iterations=0, forwards=0, requests=0))
+    newer = msgpack.packb(header(format=99), use_bin_type=True)
+    (tmp_path / "new.sglt").write_bytes(zstandard.ZstdCompressor().compress(pack_block(newer, 1)))
     with pytest.raises(TraceError, match="format version 99.*newer sgl-replay"):
         TraceReader(str(tmp_path / "new.sglt"))
 

@@ -17,7 +17,7 @@ from typing import Any, Generator
 
 from sgl_replay.record.recorder import active_probe
 from sgl_replay.record.workloads import BUILTIN, serve
-from sgl_replay.trace.format import FORMAT_VERSION, HEADER
+from sgl_replay.trace.format import HEADER
 
 
 def record(ctx, job: dict) -> Generator:
@@ -127,8 +127,7 @@ def build_header(scheduler, job: dict) -> dict:
                  if k.startswith("SGLANG_") and k not in job["env"] and k not in _NOT_KNOBS
                  and not k.startswith("SGLANG_TEST_SCRIPTED_RUNTIME")}
     return {
-        "t": HEADER,
-        "format": FORMAT_VERSION,
+        "t": HEADER,  # the writer adds the format version
         "versions": {"sgl_replay": __version__, "sglang": sglang.__version__,
                      "torch": torch.__version__, "python": platform.python_version()},
         "device": _device(server_args),

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Optional
 import msgpack
 import zstandard
 
-from sgl_replay.trace.format import END, HEADER
+from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER
 
 FRAME_BYTES = 1 << 22  # uncompressed bytes per frame (one compression context)
 BLOCK_BYTES = 1 << 16  # flush at least this often, by size...
@@ -43,8 +43,9 @@ class TraceWriter:
         self._last_reqs = None  # the previous forward batch's "reqs"
         self.raw_bytes = 0
         # The header travels alone in the first frame: `show` reads it without
-        # decompressing the body.
-        self.write(header)
+        # decompressing the body. The layout is this writer's: so is the version.
+        self.write({"t": HEADER, "format": FORMAT_VERSION,
+                    **{k: v for k, v in header.items() if k not in ("t", "format")}})
         self.flush(end_frame=True)
 
     def write(self, record: dict) -> None:
