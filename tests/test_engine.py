@@ -5,42 +5,70 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from sgl_replay.engine import Engine, EngineConfig, EngineError
 
+PLUGINS = str(Path(__file__).parent / "plugins")
 START_GUARD_S = 150  # far below sglang's own 300 s handshake wait
 
 
 def test_scheduler_killed_during_startup_is_reported_not_waited_out():
     """launch_server blocks on its scheduler's pipe when the scheduler dies
-    early; the tool notices the named worker is gone."""
+    early; the tool notices the named worker is gone. A death that leaves no
+    traceback is tried once more, so this kills the scheduler of both starts."""
     killed = []
     # engines other tests keep alive in this session have schedulers too:
     # only a scheduler that appears after this point is ours to kill
     elders = {p.pid for p in _schedulers()}
 
-    def kill_the_scheduler_when_it_appears() -> None:
-        deadline = time.monotonic() + START_GUARD_S
-        while time.monotonic() < deadline and not killed:
+    def kill_each_scheduler_that_appears() -> None:
+        deadline = time.monotonic() + 2 * START_GUARD_S
+        while time.monotonic() < deadline and len(killed) < 2:
             for p in _schedulers():
-                if p.pid not in elders:
+                if p.pid not in elders and p.pid not in killed:
                     p.kill()
                     killed.append(p.pid)
-                    return
             time.sleep(0.05)
 
-    threading.Thread(target=kill_the_scheduler_when_it_appears, daemon=True).start()
+    threading.Thread(target=kill_each_scheduler_that_appears, daemon=True).start()
     with pytest.raises(EngineError) as info:
         Engine.start(EngineConfig.embedded(), timeout_s=START_GUARD_S).stop()
-    assert killed, "the scheduler never appeared"
+    assert len(killed) == 2, killed  # started again after the first silent death
     message = str(info.value)
     assert "died during start-up" in message, message
-    assert "sglang::scheduler" in message or f"worker process (pid {killed[0]})" in message, message
+    assert "sglang::scheduler" in message or f"worker process (pid {killed[-1]})" in message, message
     log = message.split("(log: ", 1)[1].split(")", 1)[0]
     assert os.path.getsize(log) > 0  # a dead engine's log is kept, not cleaned up
+
+
+def test_a_scheduler_that_raises_during_startup_is_reported_after_one_start(tmp_path):
+    """Only a silent death is tried again: a worker that logged its exception
+    failed for a reason a second start would meet too."""
+    mode = tmp_path / "mode"
+    mode.write_text("raise_at_start")
+    seen = set()
+    elders = {p.pid for p in _schedulers()}
+    stop = threading.Event()
+
+    def watch_schedulers() -> None:
+        while not stop.is_set():
+            seen.update(p.pid for p in _schedulers() if p.pid not in elders)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch_schedulers, daemon=True).start()
+    try:
+        with pytest.raises(EngineError) as info:
+            Engine.start(EngineConfig.embedded(env={"SCHED_TWEAKS_FILE": str(mode)}),
+                         timeout_s=START_GUARD_S, extra_sys_path=(PLUGINS,)).stop()
+    finally:
+        stop.set()
+    log = str(info.value).split("(log: ", 1)[1].split(")", 1)[0]
+    assert "planted start-up failure" in Path(log).read_text(), info.value
+    assert len(seen) == 1, seen  # one start: not tried again
 
 
 def _schedulers() -> list[psutil.Process]:

@@ -10,6 +10,8 @@ a baseline and every tweak in turn:
   reverse_retraction  retract the most-preferred request first, not the least
   flaky               reverse_waiting in every second run (a run starts after
                       a second without scheduling), like a nondeterministic bug
+  raise_at_start      (read once, when the engine starts) the scheduler raises
+                      while it initializes, as a broken revision would
 
 With SCHED_TWEAKS_WITNESS set, it also appends, for every scheduler loop
 iteration that received requests, the iteration number (its own count of
@@ -71,6 +73,10 @@ def _witness(self, recv_reqs, *args, **kwargs):
             f.write(json.dumps({"call": _state["calls"], "rids": rids}) + "\n")
 
 
+def _raise_at_start(self, *args, **kwargs):
+    raise RuntimeError("sched_tweaks: planted start-up failure")
+
+
 def register():
     if not os.environ.get("SCHED_TWEAKS_FILE"):
         return
@@ -83,6 +89,9 @@ def register():
                           HookType.AROUND)
     HookRegistry.register(f"{base}.schedule_batch.ScheduleBatch._get_decode_retraction_order",
                           _retraction_order, HookType.AROUND)
+    if _mode() == "raise_at_start":
+        HookRegistry.register(f"{base}.scheduler.Scheduler.maybe_init_scripted_scheduler_hook",
+                              _raise_at_start, HookType.BEFORE)
     if os.environ.get("SCHED_TWEAKS_WITNESS"):
         HookRegistry.register(f"{base}.scheduler.Scheduler.process_input_requests", _witness,
                               HookType.BEFORE)
