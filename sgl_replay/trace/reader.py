@@ -86,13 +86,13 @@ def _decode_without_gc_passes(decoder, data):
     """A block's hundreds of new containers would trigger several cyclic GC
     passes inside the one C call that builds them (no Python code runs there,
     so pausing the collector is not observable): about 12% of decode time."""
-    if not gc.isenabled():
-        return decoder.decode(data)
+    enabled = gc.isenabled()
     gc.disable()
     try:
         return decoder.decode(data)
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def _stream_for(first_byte: int):
@@ -201,9 +201,9 @@ class TraceReader:
                                      f"corrupt ({e})") from None
                 fed += len(data)
                 self.raw_bytes += len(chunk)
-                if stream is None and chunk:
-                    stream = _stream_for(chunk[0])
                 if chunk:
+                    if stream is None:
+                        stream = _stream_for(chunk[0])
                     try:
                         for records in stream.feed(chunk):
                             if self._keep_torn:

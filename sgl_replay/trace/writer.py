@@ -63,17 +63,20 @@ class TraceWriter:
             self.flush()
 
     def _leave_out_repeated_reqs(self, record: dict, batches: list) -> dict:
-        kept = []
-        for batch in batches:
+        """The record as written: copied only where a batch loses its "reqs"
+        (this runs in the scheduler loop, every iteration)."""
+        kept = None
+        for k, batch in enumerate(batches):
             reqs = batch.get("reqs")
             if reqs is None:  # the caller left them out already
-                pass
-            elif reqs is self._last_reqs or reqs == self._last_reqs:
-                batch = {k: v for k, v in batch.items() if k != "reqs"}
+                continue
+            if reqs is self._last_reqs or reqs == self._last_reqs:
+                if kept is None:
+                    kept = list(batches)
+                kept[k] = {key: v for key, v in batch.items() if key != "reqs"}
             else:
                 self._last_reqs = reqs
-            kept.append(batch)
-        return {**record, "batches": kept}
+        return record if kept is None else {**record, "batches": kept}
 
     def flush_if_due(self, now: float) -> None:
         if self._buffer and now - self._last_flush >= FLUSH_INTERVAL_S:
