@@ -206,12 +206,12 @@ def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only:
         wanted: Optional[int] = None
         try:
             for record in reader.iterations():
-                for item in record.get("inputs", ()):
+                for item in record.inputs:
                     if item["type"] == "generate":
                         if item["rid"] == rid:
                             wanted = len(rids)
                         rids.append(item["rid"])
-                if not lo <= record["i"] < hi:
+                if not lo <= record.i < hi:
                     continue
                 if rid is not None and (wanted is None or not touches(record, wanted, rid)):
                     continue
@@ -272,14 +272,14 @@ def stats(trace: str, as_json: bool) -> None:
     with TraceReader(trace) as reader:
         for record in reader.iterations():
             records += 1
-            for item in record.get("inputs", ()):
+            for item in record.inputs:
                 inputs += 1
                 requests += item["type"] == "generate"
-            for batch in record.get("batches", ()):
+            for batch in record.batches:
                 forwards += 1
-                modes[batch["mode"]] = modes.get(batch["mode"], 0) + 1
-            finished += len(record.get("finished", ()))
-            retracted += len(record.get("retracted", ()))
+                modes[batch.mode] = modes.get(batch.mode, 0) + 1
+            finished += len(record.finished)
+            retracted += len(record.retracted)
         end = reader.end
         figures = {
             "iterations": end["iterations"] if end else None, "recorded_iterations": records,

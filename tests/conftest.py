@@ -12,6 +12,7 @@ from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import record_workload
 from sgl_replay.record.workloads import BUILTIN, KV_PRESSURE_ARGS
 from sgl_replay.trace import TraceReader
+from sgl_replay.trace.format import Batch, Iteration
 
 TESTS = Path(__file__).parent
 
@@ -45,18 +46,18 @@ def recorded(engines, tmp_path_factory):
     return get
 
 
-def read(path: str) -> tuple[dict, list[dict], dict]:
+def read(path: str) -> tuple[dict, list[Iteration], dict]:
     with TraceReader(path) as reader:
         body = list(reader.iterations())
         return reader.header, body, reader.end
 
 
-def forwards(body: list[dict]) -> list[dict]:
-    return [b for rec in body for b in rec.get("batches", ())]
+def forwards(body: list[Iteration]) -> list[Batch]:
+    return [b for rec in body for b in rec.batches]
 
 
-def rid_table(body: list[dict]) -> list[str]:
-    return [x["rid"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "generate"]
+def rid_table(body: list[Iteration]) -> list[str]:
+    return [x["rid"] for rec in body for x in rec.inputs if x["type"] == "generate"]
 
 
 def cli_env() -> dict:

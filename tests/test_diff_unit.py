@@ -7,13 +7,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgl_replay.diff.compare import Options, diff
 from sgl_replay.diff.report import text_lines, to_json
-from sgl_replay.trace.format import pack_ids
+from sgl_replay.trace.format import Iteration, pack_ids
 
 HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"X": "1"},
           "pools": {"max_total_tokens": 1024}, "model": {"config": {"n_layer": 2}},
@@ -27,8 +28,9 @@ class Synthetic:
     header: dict = field(default_factory=lambda: dict(HEADER))
     end: Optional[dict] = None
 
-    def iterations(self):
-        yield from self.body
+    def iterations(self):  # typed, as a TraceReader yields them
+        for rec in self.body:
+            yield msgspec.convert(rec, Iteration)
         self.end = {"t": "end", "complete": True, "reason": None,
                     "iterations": (self.body[-1]["i"] + 1) if self.body else 0,
                     "forwards": 0, "requests": 0}
@@ -71,7 +73,7 @@ def test_first_divergence_is_explained_per_request():
     first = result.first
     assert first.iteration == 3
     assert "r2 retracted at iteration 3 in B, not in A" in first.reasons
-    assert [c["i"] for c in first.context_a] == [0, 1, 2]
+    assert [c.i for c in first.context_a] == [0, 1, 2]
     text = "\n".join(text_lines(result))
     assert "diverged at iteration 3" in text and "retract r2" in text
     # realigned summary: r2 decoded less in B and carries one retraction
@@ -150,7 +152,7 @@ def test_incomplete_trace_is_a_difference():
 
     class Cut(Synthetic):
         def iterations(self):
-            yield from self.body
+            yield from Synthetic(self.body).iterations()
             self.end = b_end
 
     result = diff(a, Cut(b.body))

@@ -21,21 +21,21 @@ def lifecycle(body):
     out = {rid: {"extends": [], "decodes": 0, "retracted": [], "finish": None, "pulled": None}
            for rid in rids}
     for rec in body:
-        for item in rec.get("inputs", ()):
+        for item in rec.inputs:
             if item["type"] == "generate":
-                out[item["rid"]]["pulled"] = rec["i"]
-        for b in rec.get("batches", ()):
-            for k, n in enumerate(b["reqs"]):
+                out[item["rid"]]["pulled"] = rec.i
+        for b in rec.batches:
+            for k, n in enumerate(b.reqs):
                 row = out[rids[n]]
-                if "new" in b:
-                    row["extends"].append({"i": rec["i"], "new": b["new"][k], "cached": b["cached"][k],
-                                           "chunked": b.get("chunked") == n})
+                if b.new is not None:
+                    row["extends"].append({"i": rec.i, "new": b.new[k], "cached": b.cached[k],
+                                           "chunked": b.chunked == n})
                 else:
                     row["decodes"] += 1
-        for n, reason, length, _ in rec.get("finished", ()):
-            out[rids[n]]["finish"] = {"i": rec["i"], "reason": reason, "length": length}
-        for n in rec.get("retracted", ()):
-            out[rids[n]]["retracted"].append(rec["i"])
+        for n, reason, length, _ in rec.finished:
+            out[rids[n]]["finish"] = {"i": rec.i, "reason": reason, "length": length}
+        for n in rec.retracted:
+            out[rids[n]]["retracted"].append(rec.i)
     return out
 
 
@@ -78,7 +78,7 @@ def test_concurrent_decode_every_prompt_token_is_computed_or_cached_once(recorde
         assert life[rid]["finish"]["length"] == new_tokens, rid
         assert life[rid]["decodes"] == new_tokens - 1, rid
     # decode batches run many requests at once
-    assert max(len(b["reqs"]) for b in forwards(body) if b["mode"] == "decode") > 32
+    assert max(len(b.reqs) for b in forwards(body) if b.mode == "decode") > 32
 
 
 def test_abort_mid_decode_finishes_the_victim_with_abort(recorded):
@@ -87,15 +87,15 @@ def test_abort_mid_decode_finishes_the_victim_with_abort(recorded):
     victim = life["abort-1"]["finish"]
     assert victim["reason"] == "abort"
     assert 6 <= victim["length"] < 48
-    abort_at = next(rec["i"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "abort")
+    abort_at = next(rec.i for rec in body for x in rec.inputs if x["type"] == "abort")
     assert victim["i"] >= abort_at
     for rid in ("abort-0", "abort-2", "abort-3"):
         assert life[rid]["finish"] == {"i": life[rid]["finish"]["i"], "reason": "length", "length": 48}
 
 
 def _pause_window(body):
-    pause = next(rec["i"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "pause")
-    resume = next(rec["i"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "continue")
+    pause = next(rec.i for rec in body for x in rec.inputs if x["type"] == "pause")
+    resume = next(rec.i for rec in body for x in rec.inputs if x["type"] == "continue")
     return pause, resume
 
 
@@ -105,7 +105,7 @@ def test_pause_retract_retracts_everything_then_reprefills(recorded):
     assert resume > pause
     life = lifecycle(body)
     assert all(row["retracted"] == [pause] for row in life.values())
-    assert not [b for rec in body if pause < rec["i"] < resume for b in rec.get("batches", ())]
+    assert not [b for rec in body if pause < rec.i < resume for b in rec.batches]
     for row in life.values():
         assert any(e["i"] >= resume for e in row["extends"])  # prefilled again after continue
         assert row["finish"]["reason"] == "length" and row["finish"]["length"] == 32
@@ -116,7 +116,7 @@ def test_pause_in_place_keeps_requests_and_resumes_decoding(recorded):
     pause, resume = _pause_window(body)
     life = lifecycle(body)
     assert all(row["retracted"] == [] for row in life.values())
-    assert not [b for rec in body if pause < rec["i"] < resume for b in rec.get("batches", ())]
+    assert not [b for rec in body if pause < rec.i < resume for b in rec.batches]
     assert all(e["i"] < pause for row in life.values() for e in row["extends"])
     assert all(row["finish"]["length"] == 32 for row in life.values())
 
@@ -130,13 +130,13 @@ def test_kv_pressure_forces_retraction(recorded):
     for rid in retracted:  # a retracted request is prefilled again later
         assert max(e["i"] for e in life[rid]["extends"]) > life[rid]["retracted"][0]
     assert all(row["finish"] is not None for row in life.values())
-    assert all(rec["state"]["kv_free"] >= 0 for rec in body if "state" in rec)
+    assert all(rec.state.kv_free >= 0 for rec in body if rec.state is not None)
 
 
 def test_priority_lets_the_high_priority_request_overtake(recorded):
     _, body, _ = read(recorded("priority"))
     life = lifecycle(body)
-    order = [x["rid"] for rec in body for x in rec.get("inputs", ())]
+    order = [x["rid"] for rec in body for x in rec.inputs]
     assert order.index("low-2") < order.index("high-0")
     assert life["low-2"]["pulled"] == life["high-0"]["pulled"]
     assert life["high-0"]["extends"][0]["i"] < life["low-2"]["extends"][0]["i"]
@@ -146,14 +146,14 @@ def test_running_cap_never_runs_more_than_two(recorded):
     header, body, _ = read(recorded("running_cap"))
     cap = header["pools"]["max_running_requests"]
     assert cap == 2
-    assert max(len(b["reqs"]) for b in forwards(body)) == cap
-    assert max(rec["state"]["running"] for rec in body if "state" in rec) <= cap
+    assert max(len(b.reqs) for b in forwards(body)) == cap
+    assert max(rec.state.running for rec in body if rec.state is not None) <= cap
     assert len(lifecycle(body)) == 12
 
 
 def test_flush_between_waves_empties_the_cache(recorded):
     _, body, _ = read(recorded("flush_between_waves"))
-    assert sum(1 for rec in body for x in rec.get("inputs", ()) if x["type"] == "flush") == 2
+    assert sum(1 for rec in body for x in rec.inputs if x["type"] == "flush") == 2
     # every wave repeats the same prompt: only the flushes keep it from the cache
     cached = [e["cached"] for row in lifecycle(body).values() for e in row["extends"]]
     assert cached and all(c == 0 for c in cached)
@@ -192,7 +192,7 @@ def test_a_script_that_raises_leaves_a_sealed_incomplete_trace(engines, tmp_path
     assert info.value.trace == out
     _, body, end = read(out)
     assert not end["complete"] and "ValueError" in end["reason"]
-    assert body[0]["inputs"][0]["rid"] == "doomed-0"
+    assert body[0].inputs[0]["rid"] == "doomed-0"
     # the engine survives a failed script
     record_workload(engines.get(EngineConfig.embedded()), {"kind": "builtin", "name": "chunked_prefill"},
                     str(tmp_path / "after.sglt"))
@@ -240,5 +240,5 @@ def test_plugin_is_inert_in_a_plain_scripted_runtime_engine(recorded, tmp_path, 
     assert facts["probe"] is False
     _, body, _ = read(recorded("concurrent_decode"))
     rids = rid_table(body)
-    ours = [[b["mode"], [rids[n] for n in b["reqs"]]] for b in forwards(body)]
+    ours = [[b.mode, [rids[n] for n in b.reqs]] for b in forwards(body)]
     assert facts["batches"] == ours

@@ -14,6 +14,7 @@ from sgl_replay.record.runner import record_workload
 from sgl_replay.record.workloads import BUILTIN
 from sgl_replay.replay.runner import engine_config_for, replay_trace
 from sgl_replay.trace import FORMAT_VERSION, TraceReader
+from sgl_replay.trace.format import Iteration
 
 FIDELITY_RUNS = 5
 
@@ -47,7 +48,7 @@ def test_a_format_1_trace_still_replays(engines, tmp_path):
     requests); format 2 leaves repeats out. The reader fills them in."""
     legacy = str(TESTS / "data" / "kv_pressure.v1.sglt")
     header, body, _ = read(legacy)
-    assert header["format"] == 1 and all("reqs" in b for b in forwards(body))
+    assert header["format"] == 1 and all(b.reqs is not None for b in forwards(body))
     observed = str(tmp_path / "observed.sglt")
     replay_on(engines, legacy, observed)
     assert read(observed)[0]["format"] == FORMAT_VERSION
@@ -56,19 +57,19 @@ def test_a_format_1_trace_still_replays(engines, tmp_path):
 
 
 # ------------------------------------------------------------ test-only plugin
-def expected_first_divergence(tweak: str, body: list[dict]) -> int:
+def expected_first_divergence(tweak: str, body: list[Iteration]) -> int:
     """Where each planted change must first show, from the recorded run alone."""
     if tweak == "reverse_waiting":
         # the first prefill picks from a queue it did not take whole
-        first = next(rec for rec in body if rec.get("batches"))
-        waiting = sum(1 for x in body[0]["inputs"] if x["type"] == "generate")
-        assert len(first["batches"][0]["reqs"]) < waiting
-        return first["i"]
+        first = next(rec for rec in body if rec.batches)
+        waiting = sum(1 for x in body[0].inputs if x["type"] == "generate")
+        assert len(first.batches[0].reqs) < waiting
+        return first.i
     if tweak == "cap_prefill_2":
-        return next(rec["i"] for rec in body for b in rec.get("batches", ())
-                    if b["mode"] == "extend" and len(b["reqs"]) > 2)
+        return next(rec.i for rec in body for b in rec.batches
+                    if b.mode == "extend" and len(b.reqs) > 2)
     if tweak == "reverse_retraction":
-        return next(rec["i"] for rec in body if rec.get("retracted"))
+        return next(rec.i for rec in body if rec.retracted)
     raise AssertionError(tweak)
 
 
@@ -99,17 +100,17 @@ def test_composition_level_ignores_what_it_should_not_see(tweaks_engine, tweak_b
 
 
 # ------------------------------------------------------------ changed knobs
-def first_over_cap(body: list[dict], cap: int) -> int:
+def first_over_cap(body: list[Iteration], cap: int) -> int:
     """First iteration whose forward batch would hold more than `cap` started,
     unfinished requests: there a max_running_requests=cap engine must differ."""
     rids = rid_table(body)
     active: set[int] = set()
     for rec in body:
-        for b in rec.get("batches", ()):
-            active.update(b["reqs"])
+        for b in rec.batches:
+            active.update(b.reqs)
             if len(active) > cap:
-                return rec["i"]
-        for n, *_ in rec.get("finished", ()):
+                return rec.i
+        for n, *_ in rec.finished:
             active.discard(n)
     raise AssertionError(f"never more than {cap} of {len(rids)} active")
 
@@ -149,7 +150,7 @@ def served(engines, tweaks, tmp_path_factory):
 def test_serve_mode_records_the_iteration_the_scheduler_pulled_each_request(served):
     trace, witness_lines = served
     _, body, end = read(trace)
-    pulled = {x["rid"]: rec["i"] for rec in body for x in rec.get("inputs", ()) if x["type"] == "generate"}
+    pulled = {x["rid"]: rec.i for rec in body for x in rec.inputs if x["type"] == "generate"}
     seen = {rid: entry["call"] for entry in map(json.loads, witness_lines) for rid in entry["rids"]}
     assert len(pulled) == 10 and set(pulled) <= set(seen)
     offsets = {seen[rid] - i for rid, i in pulled.items()}

@@ -21,6 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Protocol
 
+import msgspec
+
+from sgl_replay.trace.format import Iteration, State
+
 LEVELS = ("composition", "full")
 CONTEXT_ITERATIONS = 3
 
@@ -44,7 +48,7 @@ class Trace(Protocol):
     header: dict
     end: Optional[dict]
 
-    def iterations(self) -> Iterator[dict]: ...
+    def iterations(self) -> Iterator[Iteration]: ...
 
 
 @dataclass(frozen=True)
@@ -90,10 +94,10 @@ class FirstDivergence:
     iteration: int
     reasons: tuple[str, ...]  # per request, in words
     kinds: tuple[str, ...]  # which fields differ
-    a: Optional[dict]  # the two records (None: idle on that side)
-    b: Optional[dict]
-    context_a: tuple[dict, ...]  # the records just before, each side
-    context_b: tuple[dict, ...]
+    a: Optional[Iteration]  # the two records (None: idle on that side)
+    b: Optional[Iteration]
+    context_a: tuple[Iteration, ...]  # the records just before, each side
+    context_b: tuple[Iteration, ...]
     names_a: tuple[str, ...]  # request number -> rid, as far as needed
     names_b: tuple[str, ...]
 
@@ -171,7 +175,7 @@ class _Side:
     def __init__(self) -> None:
         self.rids: list[str] = []
         self.context: deque = deque(maxlen=CONTEXT_ITERATIONS)
-        self.state: Optional[dict] = None
+        self.state: Optional[State] = None
         self.life: dict[str, list] = {}
         self.iterations = 0
         self.forwards = 0
@@ -186,89 +190,80 @@ class _Side:
         other.iterations, other.forwards = self.iterations, self.forwards
         return other
 
-    def absorb(self, record: dict) -> None:
+    def absorb(self, record: Iteration) -> None:
         """Update the request table and lifecycles from one record. Decode
         batches hold no news for lifecycles, so only inputs, extend batches,
         finishes and retractions are looked at."""
-        i = record["i"]
+        i = record.i
         rids, life = self.rids, self.life
-        if "inputs" in record:
-            for item in record["inputs"]:
-                if item["type"] == "generate":
-                    rids.append(item["rid"])
-                    # the columns of Lifecycle, in order
-                    life[item["rid"]] = [i, None, None, None, None, None, 0, 0]
-        batches = record.get("batches")
+        for item in record.inputs:
+            if item["type"] == "generate":
+                rids.append(item["rid"])
+                # the columns of Lifecycle, in order
+                life[item["rid"]] = [i, None, None, None, None, None, 0, 0]
+        batches = record.batches
         if batches:
             self.forwards += len(batches)
             for batch in batches:
-                if "new" not in batch:
+                if batch.new is None:
                     continue
-                chunked = batch.get("chunked")
-                for n, cached in zip(batch["reqs"], batch["cached"]):
+                chunked = batch.chunked
+                for n, cached in zip(batch.reqs, batch.cached):
                     row = life[rids[n]]
                     if row[1] is None:
                         row[1] = i
                         row[7] = cached
                     if n != chunked and row[2] is None:
                         row[2] = i
-        if "finished" in record:
-            for n, reason, length, _ in record["finished"]:
-                row = life[rids[n]]
-                row[3], row[4], row[5] = i, reason, length
-        if "retracted" in record:
-            for n in record["retracted"]:
-                life[rids[n]][6] += 1
-        if "state" in record:
-            self.state = record["state"]
+        for n, reason, length, _ in record.finished:
+            row = life[rids[n]]
+            row[3], row[4], row[5] = i, reason, length
+        for n in record.retracted:
+            life[rids[n]][6] += 1
+        if record.state is not None:
+            self.state = record.state
         self.iterations += 1
 
 
-def _project(record: Optional[dict], dropped: frozenset, rids: Optional[list], i: int,
-             state: Optional[dict]) -> dict:
-    """The part of a record that is compared. `rids` maps request numbers to
-    rids (needed when the two traces number their requests differently); a
-    missing record is an idle iteration: nothing pulled, nothing ran, sizes
-    as they were."""
-    if record is None:
-        record = {"t": "iter", "i": i, "state": state} if state is not None else {"t": "iter", "i": i}
-    if not dropped and rids is None:
-        return record
+def _project(record: Optional[Iteration], dropped: frozenset, rids: Optional[list], i: int,
+             state: Optional[State]) -> dict:
+    """The part of a record that is compared, as plain values. `rids` maps
+    request numbers to rids (needed when the two traces number their
+    requests differently); a missing record is an idle iteration: nothing
+    pulled, nothing ran, sizes as they were."""
     out: dict[str, Any] = {"i": i}
     name = (lambda n: rids[n] if n is not None and n < len(rids) else n) if rids is not None else (lambda n: n)
-    if "inputs" not in dropped and "inputs" in record:
-        items = []
-        for item in record["inputs"]:
-            item = {k: v for k, v in item.items()
-                    if not (k == "input_ids" and "inputs.input_ids" in dropped)
-                    and not (k == "sampling" and "inputs.sampling" in dropped)}
-            items.append(item)
-        out["inputs"] = items
-    if "batches" not in dropped and "batches" in record:
-        batches = []
-        for batch in record["batches"]:
-            b = {k: v for k, v in batch.items() if f"batches.{k}" not in dropped}
-            b["reqs"] = [name(n) for n in batch["reqs"]]
-            if "chunked" in b:
-                b["chunked"] = name(b["chunked"])
-            batches.append(b)
-        out["batches"] = batches
-    if "state" not in dropped and record.get("state") is not None:
-        out["state"] = {k: v for k, v in record["state"].items() if f"state.{k}" not in dropped}
-    if "finished" not in dropped and "finished" in record:
-        keep = [f not in dropped for f in ("finished.reason", "finished.length", "finished.hash")]
-        out["finished"] = [[name(f[0])] + [v for v, k in zip(f[1:], keep) if k] for f in record["finished"]]
-    if "retracted" not in dropped and "retracted" in record:
-        out["retracted"] = [name(n) for n in record["retracted"]]
+    if record is not None:
+        state = record.state
+        if "inputs" not in dropped and record.inputs:
+            out["inputs"] = [{k: v for k, v in item.items() if f"inputs.{k}" not in dropped}
+                             for item in record.inputs]
+        if "batches" not in dropped and record.batches:
+            batches = []
+            for batch in record.batches:
+                b = {k: v for k, v in msgspec.to_builtins(batch).items() if f"batches.{k}" not in dropped}
+                b["reqs"] = [name(n) for n in batch.reqs]
+                if "chunked" in b:
+                    b["chunked"] = name(b["chunked"])
+                batches.append(b)
+            out["batches"] = batches
+        if "finished" not in dropped and record.finished:
+            keep = [f not in dropped for f in ("finished.reason", "finished.length", "finished.hash")]
+            out["finished"] = [[name(f[0])] + [v for v, k in zip(f[1:], keep) if k] for f in record.finished]
+        if "retracted" not in dropped and record.retracted:
+            out["retracted"] = [name(n) for n in record.retracted]
+    if "state" not in dropped and state is not None:
+        out["state"] = {k: v for k, v in msgspec.structs.asdict(state).items() if f"state.{k}" not in dropped}
     return out
 
 
-def _merge(a: Iterator[dict], b: Iterator[dict]) -> Iterator[tuple[int, Optional[dict], Optional[dict]]]:
+def _merge(a: Iterator[Iteration], b: Iterator[Iteration]
+           ) -> Iterator[tuple[int, Optional[Iteration], Optional[Iteration]]]:
     """Pair records by iteration number; None where a side was idle."""
     ra, rb = next(a, None), next(b, None)
     while ra is not None or rb is not None:
-        ia = ra["i"] if ra is not None else None
-        ib = rb["i"] if rb is not None else None
+        ia = ra.i if ra is not None else None
+        ib = rb.i if rb is not None else None
         if ia == ib:
             yield ia, ra, rb
             ra, rb = next(a, None), next(b, None)

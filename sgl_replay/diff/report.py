@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 from typing import Iterator
 
+import msgspec
+
 from sgl_replay.diff.compare import DiffResult, Lifecycle
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.text import iteration_lines, names_from
@@ -94,4 +96,13 @@ def to_json(result: DiffResult, label_a: str = "A", label_b: str = "B") -> str:
         first = data["first"]
         first.pop("names_a")
         first.pop("names_b")
-    return json.dumps(data, default=lambda o: unpack_ids(o) if isinstance(o, bytes) else str(o))
+    return json.dumps(data, default=_plain)
+
+
+def _plain(value):
+    """JSON for what json cannot write: token ids as numbers, records as maps."""
+    if isinstance(value, bytes):
+        return unpack_ids(value)
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value, builtin_types=(bytes,))
+    return str(value)

@@ -92,7 +92,7 @@ def replay(ctx, job: dict) -> Generator:
     base_url = f"http://{server_args.host}:{server_args.port}"
     poster = _shared_poster()
     with TraceReader(job["trace"]) as recorded:
-        rids = {x["rid"] for record in recorded.iterations() for x in record.get("inputs", ())
+        rids = {x["rid"] for record in recorded.iterations() for x in record.inputs
                 if x["type"] == "generate"}
     yield from probe.settle(rids)
     with TraceReader(job["trace"]) as recorded:
@@ -100,9 +100,9 @@ def replay(ctx, job: dict) -> Generator:
         probe.start(job["path"], build_header(ctx.scheduler, job))
         try:
             for record in recorded.iterations():
-                while probe.recording.next_i < record["i"]:
+                while probe.recording.next_i < record.i:
                     yield
-                for item in record.get("inputs", ()):
+                for item in record.inputs:
                     _feed(probe, poster, base_url, item)
             while probe.recording.next_i < recorded.end["iterations"]:
                 yield

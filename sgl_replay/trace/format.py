@@ -43,6 +43,10 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import msgspec
 
 FORMAT_VERSION = 3
 # Versions this code reads. Version 1 wrote "reqs" in every batch and input
@@ -57,6 +61,54 @@ SUFFIX = ".sglt"
 HEADER = "header"
 ITER = "iter"
 END = "end"
+
+
+# The body's records as the reader returns them: typed, so that a block
+# decodes straight into them (about 1.4x faster than into dicts, and a field
+# of the wrong type is bad record data, not a surprise later). They are
+# still msgpack maps with these names: what a trace holds is the field list
+# above, not this code. Inputs stay maps: their fields vary with the input's
+# type and sglang's version, and they are few.
+class Batch(msgspec.Struct, omit_defaults=True):
+    fwd: int
+    mode: Optional[str]
+    tokens: int
+    reqs: Optional[list[int]] = None  # None only in the file; the reader fills it in
+    new: Optional[list[int]] = None
+    cached: Optional[list[int]] = None
+    chunked: Optional[int] = None
+
+
+class State(msgspec.Struct):
+    waiting: int
+    running: int
+    kv_free: int
+    req_free: int
+
+
+class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
+    """Absent fields read as an empty tuple (shared, unlike a fresh list per
+    record: 10% of decode time); present ones decode as lists."""
+    i: int
+    inputs: Sequence[dict] = ()
+    batches: Sequence[Batch] = ()
+    state: Optional[State] = None
+    finished: Sequence[list] = ()  # [req, reason, output_len, output_hash]
+    retracted: Sequence[int] = ()
+
+
+class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):
+    """The reader hands it on as the map it was written as (`reader.end`)."""
+    complete: bool
+    reason: Optional[str]
+    iterations: int
+    forwards: int
+    requests: int
+    seconds: Optional[float] = None
+    recorder_seconds: Optional[float] = None
+
+
+Record = Union[Iteration, End]
 
 # Input types a replay can feed back through a real path.
 REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")

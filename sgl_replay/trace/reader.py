@@ -1,10 +1,11 @@
 """Streaming trace reader. Memory stays at one block, whatever the trace length.
 
-Loading a trace never runs code: msgpack maps of plain values, nothing else.
-Format 3 blocks are decoded by msgspec, a block (one msgpack array) in one
-call: faster than msgpack-python's streaming unpacker on these records
+Loading a trace never runs code: msgpack maps of plain values, decoded into
+the typed records of trace/format.py (the header stays a plain map). Format
+3 blocks are decoded by msgspec, a block (one msgpack array) in one call:
+faster than msgpack-python's streaming unpacker on these records
 (tools/bench/trace_size.py prints both). Formats 1 and 2, records one after
-another, are read with msgpack's Unpacker.
+another, are read with msgpack's Unpacker and converted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, pack_ids
+from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, End, Iteration,
+                                     Record, pack_ids)
 
 READ_CHUNK = 1 << 14  # compressed bytes per read: bounds what one read decompresses to
 _UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4}  # msgpack uint8/16/32 markers: bytes that follow
@@ -28,30 +30,44 @@ class TraceError(Exception):
 
 
 class _RecordStream:
-    """Formats 1 and 2: a frame's bytes are records one after another."""
+    """Formats 1 and 2: a frame's bytes are records one after another, each
+    unpacked as a map and, past the header's frame, converted to its type."""
 
-    def __init__(self) -> None:
+    def __init__(self, typed: bool) -> None:
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self._typed = typed
 
-    def feed(self, data: bytes) -> Iterator[Iterator[dict]]:
+    def feed(self, data: bytes) -> Iterator[Iterator]:
         """Runs of records that `data` completes (here one, lazily unpacked)."""
         self._unpacker.feed(data)
-        yield self._unpacker
+        yield map(_typed_record, self._unpacker) if self._typed else self._unpacker
 
     def leftover(self) -> bool:
         return bool(self._unpacker.read_bytes(1))
+
+
+def _typed_record(record):
+    """A format 1 or 2 record as format 3 decodes it. Format 1 (and early 2)
+    wrote input ids as a list of ints."""
+    if type(record) is dict and record.get("t") == ITER:
+        for item in record.get("inputs", ()):
+            if type(item) is dict and type(item.get("input_ids")) is list:
+                item["input_ids"] = pack_ids(item["input_ids"])
+    return msgspec.convert(record, Record)
 
 
 class _BlockStream:
     """Format 3: a frame's bytes are blocks, each its byte length (a msgpack
     uint) then a msgpack array of records; a block is decoded once whole."""
 
-    _decoder = msgspec.msgpack.Decoder()
+    _typed = msgspec.msgpack.Decoder(list[Record])
+    _plain = msgspec.msgpack.Decoder(list)  # the header's frame
 
-    def __init__(self) -> None:
+    def __init__(self, typed: bool) -> None:
+        self._decoder = self._typed if typed else self._plain
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[list[dict]]:
+    def feed(self, data: bytes) -> Iterator[list]:
         """The blocks that `data` completes, each a list of records."""
         buffer = self._buffer
         buffer += data
@@ -72,8 +88,6 @@ class _BlockStream:
                 break
             with memoryview(buffer) as view:
                 records = _decode_without_gc_passes(self._decoder, view[start + head:end])
-            if type(records) is not list:
-                raise ValueError("a block is not an array of records")
             start = end
             yield records
         del buffer[:start]
@@ -83,7 +97,7 @@ class _BlockStream:
 
 
 def _decode_without_gc_passes(decoder, data):
-    """A block's hundreds of new containers would trigger several cyclic GC
+    """A block's hundreds of new objects would trigger several cyclic GC
     passes inside the one C call that builds them (no Python code runs there,
     so pausing the collector is not observable): about 12% of decode time."""
     enabled = gc.isenabled()
@@ -95,9 +109,11 @@ def _decode_without_gc_passes(decoder, data):
             gc.enable()
 
 
-def _stream_for(first_byte: int):
+def _stream_for(first_byte: int, typed: bool):
     """A frame of records starts with a map, a frame of blocks with an uint."""
-    return _RecordStream() if 0x80 <= first_byte <= 0x8F or first_byte in (0xDE, 0xDF) else _BlockStream()
+    if 0x80 <= first_byte <= 0x8F or first_byte in (0xDE, 0xDF):
+        return _RecordStream(typed)
+    return _BlockStream(typed)
 
 
 class TraceReader:
@@ -145,41 +161,31 @@ class TraceReader:
     def close(self) -> None:
         self._file.close()
 
-    def iterations(self) -> Iterator[dict]:
+    def iterations(self) -> Iterator[Iteration]:
         """Yield iteration records in order; stop at the end record. Every
-        batch comes with its "reqs", filled in where the trace left it out
-        because it repeats the previous batch's (the lists are shared: do not
-        mutate them). The hot loop of every reader: keep it lean."""
+        batch comes with its `reqs`, filled in where the trace left them out
+        because they repeat the previous batch's (the lists are shared: do
+        not mutate them). The hot loop of every reader: keep it lean."""
         last_reqs = None
         for record in self._records:
-            try:
-                kind = record["t"]
-            except (TypeError, KeyError, IndexError):
-                kind = None
-            if kind == ITER:
-                if "inputs" in record:  # format 1 (and early 2) wrote input ids as a list
-                    for item in record["inputs"]:
-                        if type(item.get("input_ids")) is list:
-                            item["input_ids"] = pack_ids(item["input_ids"])
-                batches = record.get("batches")
-                if batches:
-                    for batch in batches:
-                        reqs = batch.get("reqs")
-                        if reqs is not None:
-                            last_reqs = reqs
-                        elif last_reqs is None:
-                            raise TraceError(f"{self.path}: iteration {record.get('i')}: a batch "
-                                             f"repeats requests before any were named")
-                        else:
-                            batch["reqs"] = last_reqs
+            kind = type(record)
+            if kind is Iteration:
+                for batch in record.batches:
+                    if batch.reqs is not None:
+                        last_reqs = batch.reqs
+                    elif last_reqs is None:
+                        raise TraceError(f"{self.path}: iteration {record.i}: a batch "
+                                         f"repeats requests before any were named")
+                    else:
+                        batch.reqs = last_reqs
                 yield record
-            elif kind == END:
-                self.end = record
+            elif kind is End:
+                self.end = msgspec.to_builtins(record)
                 return
             else:
                 raise TraceError(f"{self.path}: unexpected record {str(record)[:80]}")
 
-    def _iter_records(self) -> Iterator[dict]:
+    def _iter_records(self) -> Iterator:
         """Records as their blocks decompress, frame after frame. Records of a
         frame that has not ended (a torn tail) are yielded too; with
         keep_torn, the current frame's records stay in `torn_records` until
@@ -202,8 +208,8 @@ class TraceReader:
                 fed += len(data)
                 self.raw_bytes += len(chunk)
                 if chunk:
-                    if stream is None:
-                        stream = _stream_for(chunk[0])
+                    if stream is None:  # the header's frame decodes to plain maps
+                        stream = _stream_for(chunk[0], typed=index > 0)
                     try:
                         for records in stream.feed(chunk):
                             if self._keep_torn:
@@ -213,7 +219,7 @@ class TraceReader:
                             else:
                                 yield from records
                     except (ValueError, msgpack.ExtraData, msgpack.FormatError,
-                            msgpack.StackError) as e:  # msgspec.DecodeError is a ValueError
+                            msgpack.StackError) as e:  # msgspec's errors are ValueErrors
                         raise TraceError(f"{self.path}: frame {index} at byte {offset}: "
                                          f"bad record data ({e})") from None
                 if dobj.eof:

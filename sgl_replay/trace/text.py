@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from sgl_replay.trace.format import unpack_ids
+from sgl_replay.trace.format import Batch, Iteration, State, unpack_ids
 
 Names = Callable[[int], str]  # request number -> rid
 
@@ -31,53 +31,53 @@ def input_text(item: dict) -> str:
     return kind
 
 
-def batch_text(batch: dict, name: Names) -> str:
-    reqs = batch["reqs"]
-    if "new" in batch:
+def batch_text(batch: Batch, name: Names) -> str:
+    reqs = batch.reqs
+    if batch.new is not None:
         parts = []
-        for n, new, cached in zip(reqs, batch["new"], batch["cached"]):
+        for n, new, cached in zip(reqs, batch.new, batch.cached):
             parts.append(f"{name(n)}+{new}" + (f"(cached {cached})" if cached else ""))
     else:
         parts = [name(n) for n in reqs]
     shown = " ".join(parts) if len(parts) <= 12 else " ".join(parts[:12]) + f" ...(+{len(parts) - 12})"
-    chunk = f" chunked={name(batch['chunked'])}" if batch.get("chunked") is not None else ""
-    return f"fwd {batch['fwd']} {batch['mode']} [{shown}] tokens={batch['tokens']}{chunk}"
+    chunk = f" chunked={name(batch.chunked)}" if batch.chunked is not None else ""
+    return f"fwd {batch.fwd} {batch.mode} [{shown}] tokens={batch.tokens}{chunk}"
 
 
-def state_text(state: dict) -> str:
-    return (f"waiting={state['waiting']} running={state['running']} "
-            f"kv_free={state['kv_free']} req_free={state['req_free']}")
+def state_text(state: State) -> str:
+    return (f"waiting={state.waiting} running={state.running} "
+            f"kv_free={state.kv_free} req_free={state.req_free}")
 
 
-def iteration_lines(record: dict, name: Names, *, only: Optional[int] = None) -> list[str]:
+def iteration_lines(record: Iteration, name: Names, *, only: Optional[int] = None) -> list[str]:
     """The record as text; with `only` (a request number), just the lines
     about that request, and the sizes after the iteration."""
-    lines = [f"iter {record['i']}"]
+    lines = [f"iter {record.i}"]
     rid = name(only) if only is not None else None
-    for item in record.get("inputs", ()):
+    for item in record.inputs:
         if only is None or item.get("rid") == rid:
             lines.append(f"  pull   {input_text(item)}")
-    for batch in record.get("batches", ()):
-        if only is None or only in batch["reqs"] or batch.get("chunked") == only:
+    for batch in record.batches:
+        if only is None or only in batch.reqs or batch.chunked == only:
             lines.append(f"  run    {batch_text(batch, name)}")
-    for n, reason, length, digest in record.get("finished", ()):
+    for n, reason, length, digest in record.finished:
         if only is None or n == only:
             lines.append(f"  finish {name(n)} {reason} after {length} tokens (output {digest:016x})")
-    for n in record.get("retracted", ()):
+    for n in record.retracted:
         if only is None or n == only:
             lines.append(f"  retract {name(n)}")
-    if "state" in record:
-        lines.append(f"  after  {state_text(record['state'])}")
+    if record.state is not None:
+        lines.append(f"  after  {state_text(record.state)}")
     return lines
 
 
-def touches(record: dict, req: int, rid: str) -> bool:
+def touches(record: Iteration, req: int, rid: str) -> bool:
     """Whether the request (number and rid) appears anywhere in the record."""
-    if any(item.get("rid") == rid for item in record.get("inputs", ())):
+    if any(item.get("rid") == rid for item in record.inputs):
         return True
-    for batch in record.get("batches", ()):
-        if req in batch["reqs"] or batch.get("chunked") == req:
+    for batch in record.batches:
+        if req in batch.reqs or batch.chunked == req:
             return True
-    if any(f[0] == req for f in record.get("finished", ())):
+    if any(f[0] == req for f in record.finished):
         return True
-    return req in record.get("retracted", ())
+    return req in record.retracted

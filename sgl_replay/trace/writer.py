@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Optional, Union
 
 import msgpack
+import msgspec
 import zstandard
 
-from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER
+from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, Iteration
 
 FRAME_BYTES = 1 << 22  # uncompressed bytes per frame (one compression context)
 BLOCK_BYTES = 1 << 16  # flush at least this often, by size...
@@ -48,10 +49,13 @@ class TraceWriter:
                     **{k: v for k, v in header.items() if k not in ("t", "format")}})
         self.flush(end_frame=True)
 
-    def write(self, record: dict) -> None:
-        """Append a record. A batch whose "reqs" equal the previous batch's
+    def write(self, record: Union[dict, Iteration]) -> None:
+        """Append a record: a map as the recorder builds it, or a record as a
+        reader yields it. A batch whose "reqs" equal the previous batch's
         is written without them (most decode steps); the reader fills them
         back in. The caller's record is not changed."""
+        if type(record) is Iteration:
+            record = msgspec.to_builtins(record, builtin_types=(bytes,))
         batches = record.get("batches")
         if batches:
             record = self._leave_out_repeated_reqs(record, batches)
@@ -152,10 +156,10 @@ def seal_incomplete(path: str, reason: str) -> dict:
         iterations = forwards = requests = 0
         try:
             for record in reader.iterations():
-                iterations = record["i"] + 1
-                for batch in record.get("batches", ()):
-                    forwards = batch["fwd"] + 1
-                requests += sum(1 for x in record.get("inputs", ()) if x["type"] == "generate")
+                iterations = record.i + 1
+                for batch in record.batches:
+                    forwards = batch.fwd + 1
+                requests += sum(1 for x in record.inputs if x["type"] == "generate")
         except TraceError:
             pass
         if reader.end is not None:
@@ -164,7 +168,7 @@ def seal_incomplete(path: str, reason: str) -> dict:
     end = end_record(complete=False, reason=reason, iterations=iterations,
                      forwards=forwards, requests=requests)
     records = [*tail, end]
-    raw = pack_block(b"".join(msgpack.packb(r, use_bin_type=True) for r in records), len(records))
+    raw = pack_block(b"".join(msgspec.msgpack.encode(r) for r in records), len(records))
     with open(path, "r+b") as f:
         f.truncate(keep)
         f.seek(keep)

@@ -52,7 +52,7 @@ def main() -> None:
         first = requests_list[0]
         held = {"entries": len(requests_list), "entry": [type(x).__name__ for x in first]}
     with TraceReader(trace) as r:
-        forwards = sum(len(rec.get("batches", ())) for rec in r.iterations())
+        forwards = sum(len(rec.batches) for rec in r.iterations())
         iterations = r.end["iterations"]
     trace_bytes = os.path.getsize(trace)
     print(f"request dump: {dump_bytes} bytes in {len(dumps)} pickle file(s), {held}", file=sys.stderr)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import msgspec
 import zstandard
 
 from sgl_replay.engine import Engine, EngineConfig
@@ -57,7 +58,8 @@ def median_rates(count: int, *runs) -> list[tuple[int, int, int]]:
 def codec_rates(path: str, tmp: Path) -> dict:
     with TraceReader(path) as r:
         header = r.header
-        body = list(r.iterations())
+        # as the recorder hands records to the writer: plain maps
+        body = [msgspec.to_builtins(rec, builtin_types=(bytes,)) for rec in r.iterations()]
     # the body REPEAT times over, renumbered, so that one timing is long
     # enough; the writer leaves repeated batch requests out, as in the recorded trace
     records = [{**rec, "i": rec["i"] + k * 10**6} for k in range(REPEAT) for rec in body]
