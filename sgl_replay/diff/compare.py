@@ -232,29 +232,38 @@ def _project(record: Optional[Iteration], dropped: frozenset, rids: Optional[lis
     requests differently); a missing record is an idle iteration: nothing
     pulled, nothing ran, sizes as they were."""
     out: dict[str, Any] = {"i": i}
-    name = (lambda n: rids[n] if n is not None and n < len(rids) else n) if rids is not None else (lambda n: n)
     if record is not None:
         state = record.state
-        if "inputs" not in dropped and record.inputs:
+        plain = msgspec.to_builtins(record, builtin_types=(bytes,))
+        if rids is not None:
+            _rename(plain, lambda n: rids[n] if n is not None and n < len(rids) else n)
+        for kind in ("inputs", "batches", "finished", "retracted"):
+            if kind in plain and kind not in dropped:
+                out[kind] = plain[kind]
+        if "inputs" in out and ("inputs.input_ids" in dropped or "inputs.sampling" in dropped):
             out["inputs"] = [{k: v for k, v in item.items() if f"inputs.{k}" not in dropped}
-                             for item in record.inputs]
-        if "batches" not in dropped and record.batches:
-            batches = []
-            for batch in record.batches:
-                b = {k: v for k, v in msgspec.to_builtins(batch).items() if f"batches.{k}" not in dropped}
-                b["reqs"] = [name(n) for n in batch.reqs]
-                if "chunked" in b:
-                    b["chunked"] = name(b["chunked"])
-                batches.append(b)
-            out["batches"] = batches
-        if "finished" not in dropped and record.finished:
+                             for item in out["inputs"]]
+        if "batches" in out and any(f.startswith("batches.") for f in dropped):
+            out["batches"] = [{k: v for k, v in b.items() if f"batches.{k}" not in dropped}
+                              for b in out["batches"]]
+        if "finished" in out and any(f.startswith("finished.") for f in dropped):
             keep = [f not in dropped for f in ("finished.reason", "finished.length", "finished.hash")]
-            out["finished"] = [[name(f[0])] + [v for v, k in zip(f[1:], keep) if k] for f in record.finished]
-        if "retracted" not in dropped and record.retracted:
-            out["retracted"] = [name(n) for n in record.retracted]
+            out["finished"] = [f[:1] + [v for v, k in zip(f[1:], keep) if k] for f in out["finished"]]
     if "state" not in dropped and state is not None:
         out["state"] = {k: v for k, v in msgspec.structs.asdict(state).items() if f"state.{k}" not in dropped}
     return out
+
+
+def _rename(plain: dict, name) -> None:
+    """Request numbers in a record's plain copy to rids, in place."""
+    for b in plain.get("batches", ()):
+        b["reqs"] = [name(n) for n in b["reqs"]]
+        if "chunked" in b:
+            b["chunked"] = name(b["chunked"])
+    for f in plain.get("finished", ()):
+        f[0] = name(f[0])
+    if "retracted" in plain:
+        plain["retracted"] = [name(n) for n in plain["retracted"]]
 
 
 def _merge(a: Iterator[Iteration], b: Iterator[Iteration]
@@ -305,18 +314,21 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
         if agree and common > checked:
             agree = sa.rids[checked:common] == sb.rids[checked:common]
             checked = common
-        if agree:
-            pa = _project(ra, dropped, None, i, before_a)
-            pb = _project(rb, dropped, None, i, before_b)
+        if agree and not dropped and ra is not None and rb is not None:
+            pa = pb = None  # compared as they are; projected only to explain
+            differ = [k for k in _KINDS if getattr(ra, k) != getattr(rb, k)]
         else:
-            pa = _project(ra, dropped, sa.rids, i, before_a)
-            pb = _project(rb, dropped, sb.rids, i, before_b)
-        if pa != pb:
-            differing += 1
+            pa = _project(ra, dropped, None if agree else sa.rids, i, before_a)
+            pb = _project(rb, dropped, None if agree else sb.rids, i, before_b)
             differ = [k for k in _KINDS if pa.get(k) != pb.get(k)]
+        if differ:
+            differing += 1
             for k in differ:
                 kinds[k] += 1
             if first is None:
+                if pa is None:
+                    pa = _project(ra, dropped, None, i, before_a)
+                    pb = _project(rb, dropped, None, i, before_b)
                 first = FirstDivergence(
                     iteration=i, reasons=tuple(explain(pa, pb, i, _namer(sa.rids if agree else None))),
                     kinds=tuple(differ),

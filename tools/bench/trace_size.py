@@ -8,7 +8,8 @@ lines (bytes and ratio, header included and not), and the encode and decode
 rates of the trace codec (records per second, median of 5 timings with the
 engine stopped, the recorded body written and read back 10 times over; every
 record here is a busy loop iteration), beside the decode rate of the same
-records laid out as format 2 wrote them (one after another, no blocks).
+records laid out as format 2 wrote them (one after another, no blocks: the
+reader unpacks those one by one and converts each to its typed record).
 
     python tools/bench/trace_size.py
 
@@ -81,7 +82,7 @@ def codec_rates(path: str, tmp: Path) -> dict:
 
     [encode_rate] = median_rates(len(records), encode)
     # The same stored records as format 2 laid them out (one after another,
-    # no blocks), read by the same reader: format 3's gain, side by side.
+    # no blocks), read by the same reader: what reading an older trace costs.
     with open(out, "rb") as f:
         raw = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
     values = list(msgpack.Unpacker(io.BytesIO(raw), raw=False, strict_map_key=False))
