@@ -65,7 +65,8 @@ END = "end"
 
 # The body's records as the reader returns them: typed, so that a block
 # decodes straight into them (about 1.4x faster than into dicts, and a field
-# of the wrong type is bad record data, not a surprise later). They are
+# of the wrong type is bad record data, not a surprise later; a field this
+# code does not know, which a later sgl-replay may add, is skipped). They are
 # still msgpack maps with these names: what a trace holds is the field list
 # above, not this code. Inputs stay maps: their fields vary with the input's
 # type and sglang's version, and they are few.
