@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,13 @@ def forwards(body: list[Iteration]) -> list[Batch]:
 
 def rid_table(body: list[Iteration]) -> list[str]:
     return [x["rid"] for rec in body for x in rec.inputs if x["type"] == "generate"]
+
+
+def interruptible() -> None:
+    """Popen's preexec_fn for a child the test will Ctrl-C: SIGINT acts as
+    from a terminal, also when this test run was started in the background
+    (a shell's `cmd &` starts it with SIGINT ignored, which Python keeps)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env() -> dict:

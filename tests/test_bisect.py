@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TESTS, cli_env
+from conftest import TESTS, cli_env, interruptible
 
 PYPROJECT = """\
 [build-system]
@@ -136,7 +136,7 @@ def test_bisect_interrupted_leaves_the_repository_as_it_was(recorded, plugin_rep
     proc = subprocess.Popen(
         [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[0],
          "--bad", shas[-1], recorded("running_cap")], cwd=TESTS, env=cli_env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
     time.sleep(8)  # inside the first step: installing, or starting its engine
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import TESTS, cli_env, read
+from conftest import TESTS, cli_env, interruptible, read
 from sgl_replay.engine import EngineConfig
 from sgl_replay.record.runner import record_workload
 
@@ -160,7 +160,7 @@ def test_ctrl_c_during_record_keeps_a_sealed_trace_and_stops_the_engine(tmp_path
     env = {**cli_env(), "TMPDIR": str(tmp_path)}  # where the engine's work directory goes
     proc = subprocess.Popen([*SGL_REPLAY, "record", "scripts:long_decode", "-o", str(out)],
                             cwd=TESTS, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=interruptible)
     _wait_for_iterations(Path(str(out) + ".partial"), 20, proc)
     engine_procs = _descendants(proc.pid)
     proc.send_signal(signal.SIGINT)
