@@ -11,28 +11,44 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgl_replay.trace import FORMAT_VERSION, TraceError, TraceReader, TraceWriter, seal_incomplete
-from sgl_replay.trace import reader as reader_module
 from sgl_replay.trace import writer as writer_module
-from sgl_replay.trace.writer import end_record, pack_block
+from sgl_replay.trace.format import End, Header, pack_ids
+from sgl_replay.trace.writer import pack_block
 
 
 def header(**extra) -> dict:
+    """A header as a map, for files built by hand."""
     return {"t": "header", "format": 1, "engine_args": {}, "env": {}, "pools": {}, **extra}
 
 
 def iteration(i: int, n_reqs: int = 2) -> dict:
-    return {"t": "iter", "i": i,
-            "batches": [{"fwd": i, "mode": "decode", "reqs": list(range(n_reqs)), "tokens": n_reqs}],
-            "state": {"waiting": 0, "running": n_reqs, "kv_free": 1000 - i, "req_free": 10}}
+    """Iteration i runs requests 0..n_reqs-1, which iteration 0 pulls."""
+    record = {"t": "iter", "i": i,
+              "batches": [{"fwd": i, "mode": "decode", "reqs": list(range(n_reqs)), "tokens": n_reqs}],
+              "state": {"waiting": 0, "running": n_reqs, "kv_free": 1000 - i, "req_free": 10}}
+    if i == 0:
+        record["inputs"] = [generate(f"r{n}") for n in range(n_reqs)]
+    return record
+
+
+def generate(rid: str, ids=(1, 2, 3)) -> dict:
+    return {"type": "generate", "rid": rid, "input_ids": pack_ids(ids), "sampling": {}, "stream": False}
+
+
+def end_of(records, *, complete=True, reason=None) -> End:
+    """The end record whose counts agree with `records`, as the recorder's."""
+    fwds = [b["fwd"] for r in records for b in r.get("batches", ())]
+    return End(complete=complete, reason=reason, iterations=max((r["i"] + 1 for r in records), default=0),
+               forwards=fwds[-1] + 1 if fwds else 0,
+               requests=sum(x["type"] == "generate" for r in records for x in r.get("inputs", ())))
 
 
 def write(path, records, *, end=True) -> None:
-    w = TraceWriter(str(path), header())
+    w = TraceWriter(str(path), Header(format=1))
     for rec in records:
         w.write(rec)
     if end:
-        w.close(end_record(complete=True, reason=None, iterations=len(records), forwards=len(records),
-                           requests=0))
+        w.close(end_of(records))
     else:
         w.flush()
 
@@ -57,22 +73,44 @@ def test_round_trip_across_many_frames(tmp_path, monkeypatch):
     records = [iteration(i) for i in range(500)]
     write(tmp_path / "t.sglt", records)
     body, end = read_all(tmp_path / "t.sglt")
-    assert body == records and end["complete"]
+    assert body == records and end.complete
     with TraceReader(str(tmp_path / "t.sglt")) as r:
         list(r.iterations())
         assert r.frames > 10
 
 
-@pytest.mark.parametrize("read_chunk", [1, 7, 300])
-def test_blocks_split_across_reads_read_back(tmp_path, monkeypatch, read_chunk):
-    """Reads this small end inside blocks and inside their length prefixes:
-    the reader must carry each part over until its block is whole."""
-    records = [{**iteration(i), "inputs": [{"type": "generate", "rid": f"r{i}", "input_ids": bytes(range(i % 200))}]}
+def frames_of(data: bytes) -> list[bytes]:
+    """A trace's frames, each decompressed."""
+    frames = []
+    while data:
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        frames.append(dobj.decompress(data))
+        data = dobj.unused_data
+    return frames
+
+
+def recompressed(frames: list[bytes], every: int) -> bytes:
+    """The frames compressed again, with a zstd block every `every` bytes:
+    the reader decompresses one zstd block at a time."""
+    out = b""
+    for raw in frames:
+        frame = zstandard.ZstdCompressor(write_checksum=True).compressobj()
+        for k in range(0, len(raw), every):
+            out += frame.compress(raw[k:k + every]) + frame.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        out += frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+    return out
+
+
+@pytest.mark.parametrize("every", [1, 7, 300])
+def test_blocks_split_across_zstd_blocks_read_back(tmp_path, every):
+    """zstd blocks this small end inside trace blocks and inside their length
+    prefixes: the reader must carry each part over until its block is whole."""
+    records = [{**iteration(i), "inputs": [*iteration(i).get("inputs", ()), generate(f"p{i}", range(i % 200))]}
                for i in range(300)]
     write(tmp_path / "t.sglt", records)
-    monkeypatch.setattr(reader_module, "READ_CHUNK", read_chunk)
-    body, end = read_all(tmp_path / "t.sglt")
-    assert body == records and end["complete"]
+    (tmp_path / "r.sglt").write_bytes(recompressed(frames_of((tmp_path / "t.sglt").read_bytes()), every))
+    body, end = read_all(tmp_path / "r.sglt")
+    assert body == records and end.complete
 
 
 def stored_records(path) -> list:
@@ -109,6 +147,8 @@ def test_repeated_requests_are_stored_once_and_read_back(tmp_path_factory, itera
     records = [{"t": "iter", "i": i, "batches": [{"fwd": 0, "mode": "decode", "reqs": list(reqs), "tokens": 1}
                                                  for reqs in batches]}
                for i, batches in enumerate(iterations)]
+    if records:
+        records[0]["inputs"] = [generate(f"r{n}") for n in range(3)]  # the requests batches name
     path = tmp_path_factory.mktemp("reqs") / "t.sglt"
     write(path, records)
     assert read_all(path)[0] == records
@@ -124,8 +164,9 @@ def test_a_format_2_file_records_one_after_another_still_reads(tmp_path):
               for rec in records]  # format 2 left repeated requests out too
     pack = lambda recs: zstandard.ZstdCompressor().compress(  # noqa: E731
         b"".join(msgpack.packb(r, use_bin_type=True) for r in recs))
-    end = end_record(complete=True, reason=None, iterations=30, forwards=30, requests=0)
-    (tmp_path / "v2.sglt").write_bytes(pack([header(format=2)]) + pack(stored[:10]) + pack([*stored[10:], end]))
+    end = end_of(records)
+    (tmp_path / "v2.sglt").write_bytes(pack([header(format=2)]) + pack(stored[:10])
+                                       + pack([*stored[10:], msgspec.to_builtins(end)]))
     body, read_end = read_all(tmp_path / "v2.sglt")
     assert body == records and read_end == end
 
@@ -173,7 +214,7 @@ def test_fields_this_version_does_not_know_are_skipped(tmp_path):
 def test_the_writer_names_its_own_format_version(tmp_path):
     write(tmp_path / "t.sglt", [iteration(0)])  # header() says format 1
     with TraceReader(str(tmp_path / "t.sglt")) as r:
-        assert r.header["format"] == FORMAT_VERSION
+        assert r.header.format == FORMAT_VERSION
 
 
 def test_newer_format_version_gets_a_clear_error(tmp_path):
@@ -199,7 +240,7 @@ def test_seal_keeps_every_flushed_record_and_marks_the_end(tmp_path, monkeypatch
     ended: every record flushed before survives the seal."""
     small_frames(monkeypatch, frame=1 << 20)
     path = tmp_path / "t.sglt"
-    w = TraceWriter(str(path), header())
+    w = TraceWriter(str(path), Header())
     for i in range(100):
         w.write(iteration(i))
     w.flush()
@@ -213,8 +254,8 @@ def test_seal_keeps_every_flushed_record_and_marks_the_end(tmp_path, monkeypatch
     body, read_end = read_all(path)
     assert body[:100] == [iteration(i) for i in range(100)]
     assert body == [iteration(i) for i in range(len(body))] and len(body) < 120
-    assert read_end == end and end["complete"] is False and end["reason"] == "interrupted"
-    assert end["iterations"] == len(body) and end["forwards"] == len(body)
+    assert read_end == end and end.complete is False and end.reason == "interrupted"
+    assert end.iterations == len(body) and end.forwards == len(body) and end.requests == 2
     # sealing twice changes nothing
     assert seal_incomplete(str(path), "again") == end
 

@@ -11,13 +11,22 @@ array of records (maps). The header is the first frame's only block.
               "batches":   forward batches launched, in launch order
               "state":     pool and queue sizes after the iteration
               "finished":  [[req, reason, output_len, output_hash], ...]
-              "retracted": [req, ...]}
+              "retracted": [req, ...]
+              "outputs":   [[req, output_ids], ...]  (captures of a plain
+                           server only: the output token ids of each request
+                           in "finished", packed like input_ids; a replay
+                           forces them at their positions)}
     end      {"t": "end", "complete": bool, "reason": str | None,
               "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
               "recorder_seconds": of that, time in the recorder's own code}
 
 An iteration in which nothing was pulled, nothing ran and no size changed is
-not written: gaps in "i" are idle loop iterations.
+not written: gaps in "i" are idle loop iterations. A capture of a plain
+server (whose loop spins when it has nothing to do) numbers a run of
+consecutive idle iterations (no batch ran, no result was processed: sglang's
+on_idle ran, or the engine was paused) as ONE iteration: repeating one
+changes nothing, and the one a replay turns for it runs on_idle the same way
+(a fully idle one resets the new-token ratio).
 
 Requests are numbered in the order their generate input appears in the trace
 ("req" below); batches, finishes and retractions refer to those numbers, which
@@ -55,8 +64,6 @@ FORMAT_VERSION = 3
 # reader fills "reqs" in and packs version-1 input ids, so an older trace
 # reads, replays and diffs as it is.
 READABLE_VERSIONS = (1, 2, 3)
-
-SUFFIX = ".sglt"
 
 HEADER = "header"
 ITER = "iter"
@@ -96,10 +103,14 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     state: Optional[State] = None
     finished: Sequence[list] = ()  # [req, reason, output_len, output_hash]
     retracted: Sequence[int] = ()
+    # Captures of a plain server only (workload kind "capture"): the output
+    # token ids of each request that finished in this iteration, so that a
+    # replay can force them. Absent in every other trace.
+    outputs: Sequence[list] = ()  # [req, output ids as int32 little-endian bytes]
 
 
 class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):
-    """The reader hands it on as the map it was written as (`reader.end`)."""
+    """The last record: whether the run finished, and its counts."""
     complete: bool
     reason: Optional[str]
     iterations: int
@@ -110,6 +121,135 @@ class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):
 
 
 Record = Union[Iteration, End]
+
+
+# The header, typed like the body. Every field has a default: a trace of an
+# older format (or a hand-made one) may lack any of them, and a field a later
+# sgl-replay adds is skipped. Settings maps (engine_args, server_args, env)
+# stay maps of plain values: their keys are sglang's, not ours.
+class Versions(msgspec.Struct, omit_defaults=True):
+    sgl_replay: Optional[str] = None
+    sglang: Optional[str] = None
+    torch: Optional[str] = None
+    python: Optional[str] = None
+
+
+class Device(msgspec.Struct, omit_defaults=True):
+    type: Optional[str] = None  # "cpu" | "cuda" ...
+    name: Optional[str] = None
+    attention_backend: Optional[str] = None
+    torch: Optional[str] = None
+    cuda: Optional[str] = None
+    capability: Optional[str] = None
+    driver: Optional[str] = None
+    cpus: Optional[int] = None
+
+
+class Resolved(msgspec.Struct, omit_defaults=True):
+    """Settings sglang resolved at start-up that decide scheduling or tokens."""
+    sampling_backend: Optional[str] = None
+    overlap_schedule: Optional[bool] = None
+
+
+class Model(msgspec.Struct, omit_defaults=True):
+    config: Optional[dict] = None  # config.json of the embedded model
+    path: Optional[str] = None
+    # What a replay on the embedded model needs of a real one: every recorded
+    # token id and position must be valid there.
+    vocab_size: Optional[int] = None
+    context_length: Optional[int] = None
+    # Captures of a plain server: every token id that ends a request there
+    # (the model's and generation config's EOS, the tokenizer's EOS and
+    # additional stop tokens), which the embedded model's config carries on
+    # replay so that recorded EOS finishes happen again.
+    eos_token_ids: Optional[list[int]] = None
+
+
+class Pools(msgspec.Struct, omit_defaults=True):
+    """Sizes the scheduler derived (from the device's memory unless told)."""
+    max_total_tokens: Optional[int] = None
+    max_running_requests: Optional[int] = None
+    max_prefill_tokens: Optional[int] = None
+    chunked_prefill_size: Optional[int] = None
+    page_size: Optional[int] = None
+    req_pool_size: Optional[int] = None
+
+
+class Workload(msgspec.Struct, omit_defaults=True):
+    """What ran: a built-in, a script (module:function), or serve."""
+    kind: str
+    name: Optional[str] = None
+    description: Optional[str] = None
+    duration_s: Optional[float] = None
+    idle_s: Optional[float] = None
+
+
+class Source(msgspec.Struct, omit_defaults=True):
+    kind: str = "record"  # "record" | "replay"
+    trace: Optional[str] = None  # a replay's recorded trace
+    overrides: Optional[dict] = None  # a replay's device and engine-argument overrides
+
+
+class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
+    format: Optional[int] = None
+    versions: Versions = msgspec.field(default_factory=Versions)
+    device: Device = msgspec.field(default_factory=Device)
+    engine_args: dict = msgspec.field(default_factory=dict)  # as given to the engine
+    server_args: dict = msgspec.field(default_factory=dict)  # every ServerArgs field, resolved
+    env: dict = msgspec.field(default_factory=dict)  # engine environment knobs set for the run
+    env_inherited: dict = msgspec.field(default_factory=dict)  # SGLANG_* it inherited
+    resolved: Resolved = msgspec.field(default_factory=Resolved)
+    model: Model = msgspec.field(default_factory=Model)
+    pools: Pools = msgspec.field(default_factory=Pools)
+    workload: Optional[Workload] = None
+    source: Source = msgspec.field(default_factory=Source)
+    argv: Optional[list[str]] = None
+    platform: Optional[dict] = None
+    # Why this run cannot be replayed (speculative decoding, data-parallel
+    # attention, ...), said at record time; `check` refuses such a trace.
+    not_replayable: list[str] = msgspec.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain values, as stored (for JSON output and for writing)."""
+        return msgspec.to_builtins(self)
+
+# What a replay takes from a trace's header, and nothing else: the settings
+# that decide scheduling. A trace is untrusted input (shared in bug reports,
+# pulled from servers), so the model path, load format, tokenizer, plugins,
+# remote code, ports, keys, PYTHONPATH, LD_* and every other setting are never
+# applied from one; the replay runs the embedded model on the device it is
+# asked for. Two runs that differ in one of these are not comparable.
+SCHEDULING_ARGS = {
+    # budgets and pools (a replay pins the recorded pool sizes too)
+    "max_total_tokens", "max_running_requests", "max_queued_requests", "max_prefill_tokens",
+    "chunked_prefill_size", "prefill_max_requests", "page_size", "num_reserved_decode_tokens",
+    # which request runs next, and when a running one gives way
+    "schedule_policy", "schedule_conservativeness", "enable_priority_scheduling",
+    "disable_priority_preemption", "default_priority_value", "abort_on_priority_when_disabled",
+    "schedule_low_priority_values_first", "priority_scheduling_preemption_threshold",
+    "retraction_policy", "enable_mixed_chunk", "enable_dynamic_chunking", "prefill_decode_interval",
+    "prefill_decode_interval_min_bs", "num_continuous_decode_steps",
+    # the prefix cache, and finishes one iteration later with overlap
+    "disable_radix_cache", "radix_eviction_policy", "disable_overlap_schedule",
+    # token choice of the embedded model's oracle
+    "random_seed",
+}
+# Ceilings on what a trace may ask a replay to allocate (a larger value is
+# bad input; --engine-arg may still set it): the embedded model's KV costs
+# about 1 KB per token.
+SCHEDULING_ARG_LIMITS = {"max_total_tokens": 1 << 22, "max_running_requests": 1 << 16,
+                         "max_queued_requests": 1 << 20, "max_prefill_tokens": 1 << 22,
+                         "chunked_prefill_size": 1 << 22, "prefill_max_requests": 1 << 16,
+                         "page_size": 1 << 10}
+# Engine environment knobs sglang reads when it schedules or picks tokens.
+SCHEDULING_ENV = {
+    "SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE", "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND",
+    "SGLANG_INIT_NEW_TOKEN_RATIO", "SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR",
+    "SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS", "SGLANG_RETRACT_DECODE_STEPS",
+    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION", "SGLANG_DYNAMIC_CHUNKING_SMOOTH_FACTOR",
+    "SGLANG_EXACT_CHUNK_FILL", "SGLANG_SCHEDULER_MAX_RECV_PER_POLL", "SGLANG_TEST_RETRACT",
+    "SGLANG_TEST_RETRACT_INTERVAL", "SGLANG_TEST_RETRACT_NO_PREFILL_BS",
+}
 
 # Input types a replay can feed back through a real path.
 REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")

@@ -1,10 +1,11 @@
-"""Human text for trace records, shared by `show` and the diff report."""
+"""Human text for a trace's header and records, shared by `show` and the diff
+report."""
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from sgl_replay.trace.format import Batch, Iteration, State, unpack_ids
+from sgl_replay.trace.format import Batch, End, Header, Iteration, State, unpack_ids
 
 Names = Callable[[int], str]  # request number -> rid
 
@@ -81,3 +82,28 @@ def touches(record: Iteration, req: int, rid: str) -> bool:
     if any(f[0] == req for f in record.finished):
         return True
     return req in record.retracted
+
+
+def header_lines(h: Header) -> list[str]:
+    v, d, w, src = h.versions, h.device, h.workload, h.source
+    pools = " ".join(f"{k}={getattr(h.pools, k)}" for k in h.pools.__struct_fields__
+                     if getattr(h.pools, k) is not None)
+    return [
+        f"trace format {h.format}  sgl-replay {v.sgl_replay}  sglang {v.sglang}  "
+        f"torch {v.torch}  python {v.python}",
+        f"device {d.type} {d.name or ''}  attention {d.attention_backend}"
+        + (f"  cuda {d.cuda} driver {d.driver}" if d.cuda else ""),
+        f"workload {w.kind if w else None} {(w.name if w else None) or ''}"
+        + (f": {w.description}" if w and w.description else "")
+        + (f"  ({src.kind} of {src.trace})" if src.kind == "replay" else ""),
+        f"pools {pools}",
+        "model embedded tiny GPT-2" if h.model.config else f"model {h.model.path}",
+    ]
+
+
+def end_line(end: Optional[End]) -> str:
+    if end is None:
+        return "end: missing (the trace stops without its end record)"
+    state = "complete" if end.complete else f"INCOMPLETE: {end.reason}"
+    return (f"end: {state}; {end.iterations} loop iterations, {end.forwards} forward batches, "
+            f"{end.requests} requests")

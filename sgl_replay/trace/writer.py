@@ -5,32 +5,39 @@ context, so small records compress against everything before them in the
 frame. The records between two flushes make one block: its byte length, then
 a msgpack array of them (the reader decodes a block in one call). Every flush
 also ends a zstd block: what was written up to there is decodable from the
-file at once. A crash loses at most the records
-not yet flushed (FLUSH_INTERVAL_S of a run at most); `seal_incomplete`
-re-closes the torn last frame. A finished trace is plain zstd (`zstd -d`).
+file at once, and every frame's end is fsynced. A crash loses at most the
+records not yet flushed (FLUSH_INTERVAL_S of a run at most); `seal_incomplete`
+re-closes the torn last frame, writing a new file and renaming it over the
+old, so that sealing interrupted or out of space loses nothing. A write error
+(a full disk: ENOSPC, EFBIG) surfaces as OSError from write/flush/close, and
+the writer takes no more records: what was flushed before stays readable. A
+finished trace is plain zstd (`zstd -d`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Union
 
 import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import END, FORMAT_VERSION, HEADER, Iteration
+from sgl_replay.trace.format import FORMAT_VERSION, End, Header, Iteration
+from sgl_replay.trace.reader import MAX_BLOCK_BYTES, TraceError, TraceReader
 
 FRAME_BYTES = 1 << 22  # uncompressed bytes per frame (one compression context)
 BLOCK_BYTES = 1 << 16  # flush at least this often, by size...
 FLUSH_INTERVAL_S = 0.5  # ...and by time: a slow run still reaches the disk this often
 COMPRESSION_LEVEL = 3
+# The most a record may take: a block of it alone (array header, at most 5
+# bytes) stays within what the reader accepts.
+MAX_RECORD_BYTES = MAX_BLOCK_BYTES - 5
 
 
 class TraceWriter:
-    def __init__(self, path: str, header: dict, *, level: int = COMPRESSION_LEVEL) -> None:
-        assert header.get("t") == HEADER
+    def __init__(self, path: str, header: Header, *, level: int = COMPRESSION_LEVEL) -> None:
         self.path = path
         self._file: Optional[BinaryIO] = open(path, "wb")
         # the checksum makes a corrupt frame fail loudly at its end, not decode to garbage
@@ -42,11 +49,11 @@ class TraceWriter:
         self._frame_raw = 0
         self._last_flush = time.monotonic()
         self._last_reqs = None  # the previous forward batch's "reqs"
+        self._failed: Optional[OSError] = None  # the write error that stopped this writer
         self.raw_bytes = 0
         # The header travels alone in the first frame: `show` reads it without
         # decompressing the body. The layout is this writer's: so is the version.
-        self.write({"t": HEADER, "format": FORMAT_VERSION,
-                    **{k: v for k, v in header.items() if k not in ("t", "format")}})
+        self.write(msgspec.to_builtins(msgspec.structs.replace(header, format=FORMAT_VERSION)))
         self.flush(end_frame=True)
 
     def write(self, record: Union[dict, Iteration]) -> None:
@@ -54,12 +61,19 @@ class TraceWriter:
         reader yields it. A batch whose "reqs" equal the previous batch's
         is written without them (most decode steps); the reader fills them
         back in. The caller's record is not changed."""
+        if self._failed is not None:
+            raise OSError(f"trace {self.path}: writing stopped at an earlier error: {self._failed}")
         if type(record) is Iteration:
             record = msgspec.to_builtins(record, builtin_types=(bytes,))
         batches = record.get("batches")
         if batches:
             record = self._leave_out_repeated_reqs(record, batches)
         packed = self._packer.pack(record)
+        if len(packed) > MAX_RECORD_BYTES:
+            raise ValueError(f"a record of {len(packed)} bytes: a trace block holds at most "
+                             f"{MAX_RECORD_BYTES}")
+        if len(self._buffer) + len(packed) > MAX_RECORD_BYTES:
+            self.flush()
         self._buffer += packed
         self._buffer_records += 1
         self.raw_bytes += len(packed)
@@ -88,7 +102,11 @@ class TraceWriter:
 
     def flush(self, *, end_frame: bool = False) -> None:
         """Put everything written on disk, decodable; end the frame when asked
-        or when it is full."""
+        or when it is full, and fsync then (not at every flush: this runs in
+        the scheduler loop)."""
+        if self._failed is not None:
+            raise OSError(f"trace {self.path}: writing stopped at an earlier error: {self._failed}")
+        out = b""
         if self._buffer:
             if self._frame is None:
                 self._frame = self._compressor.compressobj()
@@ -101,23 +119,34 @@ class TraceWriter:
             end_frame = end_frame or self._frame_raw >= FRAME_BYTES
             out += self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH if end_frame
                                      else zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-            if end_frame:
-                self._frame = None
-            self._file.write(out)
-            self._file.flush()
         elif end_frame and self._frame is not None:
-            self._file.write(self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+            out = self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        else:
+            end_frame = False  # no frame open: nothing to end
+        if end_frame:
             self._frame = None
-            self._file.flush()
+        if out:
+            try:
+                self._file.write(out)
+                self._file.flush()
+                if end_frame:
+                    os.fsync(self._file.fileno())
+            except OSError as e:
+                # part of `out` may be on disk: anything written after it
+                # would not decode, so this writer stops here
+                self._failed = e
+                raise
         self._last_flush = time.monotonic()
 
-    def close(self, end: dict) -> None:
-        assert end.get("t") == END
-        self.write(end)
-        self.flush(end_frame=True)
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+    def close(self, end: End) -> None:
+        """Write the end record, end the frame, fsync (flush does at a frame's
+        end) and close; the file is closed even when writing fails."""
+        try:
+            self.write(msgspec.to_builtins(end))
+            self.flush(end_frame=True)
+        finally:
+            self._file.close()
+            self._file = None
 
     @property
     def closed(self) -> bool:
@@ -132,47 +161,98 @@ def pack_block(packed_records: bytes, count: int) -> bytes:
     return packer.pack(len(array)) + array
 
 
-def end_record(*, complete: bool, reason: Optional[str], iterations: int,
-               forwards: int, requests: int, seconds: Optional[float] = None,
-               recorder_seconds: Optional[float] = None) -> dict[str, Any]:
-    end = {"t": END, "complete": complete, "reason": reason,
-           "iterations": iterations, "forwards": forwards, "requests": requests}
-    if seconds is not None:
-        end["seconds"] = seconds  # loop time from the first iteration to the last
-    if recorder_seconds is not None:
-        end["recorder_seconds"] = recorder_seconds  # of which in the recorder's own code
-    return end
-
-
-def seal_incomplete(path: str, reason: str) -> dict:
+def seal_incomplete(path: str, reason: str) -> End:
     """Close a trace whose writer stopped without its end record (crash,
-    Ctrl-C, engine death): keep every record that decodes, rewrite the torn
-    last frame as a complete one, and append an end record marked incomplete
-    with the reason. Returns the end record now in the file. Raises
-    TraceError when not even the header made it to disk."""
-    from sgl_replay.trace.reader import TraceError, TraceReader
+    Ctrl-C, engine death, full disk): keep every record that reads, rewrite
+    the torn last frame as a complete one, and append an end record marked
+    incomplete with the reason (unless the end record itself was read).
+    Returns the end record now in the file.
 
+    Idempotent: a trace that reads whole (complete, or sealed before) is left
+    alone and its end record returned. Anything after the first unreadable
+    byte is dropped: a torn block, a corrupt frame and what follows it,
+    bytes after the end record, end counts that disagree with the records
+    (then replaced by counts that agree).
+
+    The sealed trace is written to `path` + ".sealing", fsynced, checked by
+    reading it back, renamed over `path`, and the directory fsynced: an
+    interruption or a full disk (OSError) leaves `path` as it was. Raises
+    TraceError when not even the header is readable, or the trace is of
+    format 1 or 2 (only this writer's format is sealed)."""
+    return _seal(path, reason)
+
+
+def _seal(path: str, reason: Optional[str]) -> End:
+    """seal_incomplete; a reason of None: the reader's error, what was wrong."""
     with TraceReader(path, keep_torn=True) as reader:
-        iterations = forwards = requests = 0
+        last_i = last_fwd = -1
+        requests = 0
         try:
             for record in reader.iterations():
-                iterations = record.i + 1
-                for batch in record.batches:
-                    forwards = batch.fwd + 1
+                last_i = record.i
+                if record.batches:
+                    last_fwd = record.batches[-1].fwd
                 requests += sum(1 for x in record.inputs if x["type"] == "generate")
-        except TraceError:
-            pass
-        if reader.end is not None:
+        except TraceError as e:
+            problem = e
+        else:
             return reader.end
+        if reader.format != FORMAT_VERSION:
+            raise TraceError(f"{path}: a format {reader.format} trace cannot be sealed "
+                             f"(only format {FORMAT_VERSION}): {problem}")
         keep, tail = reader.good_bytes, reader.torn_records
-    end = end_record(complete=False, reason=reason, iterations=iterations,
-                     forwards=forwards, requests=requests)
-    records = [*tail, end]
-    raw = pack_block(b"".join(msgspec.msgpack.encode(r) for r in records), len(records))
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-        f.seek(keep)
-        f.write(zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(raw))
-        f.flush()
-        os.fsync(f.fileno())
+        end = reader.end
+        if end is None:
+            if reason is None:
+                reason = "sealed: " + str(problem).removeprefix(f"{path}: ")
+            end = End(complete=False, reason=reason, iterations=last_i + 1, forwards=last_fwd + 1,
+                      requests=requests)
+            tail = [*tail, end]
+    _replace_with(path, keep, tail)
     return end
+
+
+def repair(path: str) -> End:
+    """What `sgl-replay seal FILE` runs: seal_incomplete, with a reason that
+    says what was wrong, e.g. "sealed: frame 3 at byte 81920: truncated
+    (file ends mid-frame)". Same errors; a trace that reads whole is left
+    alone."""
+    return _seal(path, None)
+
+
+def _replace_with(path: str, keep: int, tail: list) -> None:
+    """Replace `path` by its first `keep` bytes, then a frame of `tail`'s
+    records, without ever leaving a half-written file at `path`."""
+    sealing = path + ".sealing"
+    try:
+        with open(path, "rb") as source, open(sealing, "wb") as out:
+            left = keep
+            while left:
+                chunk = source.read(min(left, 1 << 20))
+                if not chunk:
+                    raise TraceError(f"{path}: changed while being sealed")
+                out.write(chunk)
+                left -= len(chunk)
+            if tail:
+                raw = pack_block(b"".join(msgspec.msgpack.encode(r) for r in tail), len(tail))
+                out.write(zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(raw))
+            out.flush()
+            os.fsync(out.fileno())
+        with TraceReader(sealing) as check:  # a bug here must not replace a trace
+            for _ in check.iterations():
+                pass
+        os.replace(sealing, path)
+    except BaseException:
+        if os.path.exists(sealing):
+            os.unlink(sealing)
+        raise
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
