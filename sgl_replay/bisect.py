@@ -12,6 +12,7 @@ directories go away at the end, on Ctrl-C too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-EXIT_GOOD, EXIT_BAD, EXIT_USAGE, EXIT_SKIP = 0, 1, 2, 125
+from sgl_replay.runs.check import ExitCode, Outcome
+
 CHECK_STOP_GRACE_S = 10.0  # a Ctrl-C'd check gets this long to stop its engine
 
 
@@ -64,7 +66,10 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
 
 
 def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdir: str = ".",
-           check_args: tuple[str, ...] = (), echo: Callable[[str], None] = print) -> BisectResult:
+           check_args: tuple[str, ...] = (), echo: Callable[[str], None] = print,
+           html_report: Optional[str] = None) -> BisectResult:
+    """Bisect; with `html_report`, the first bad commit's HTML report (its
+    replay against the trace) is written there."""
     started = time.monotonic()
     repo_path = Path(repo).resolve()
     if not (repo_path / ".git").exists() and _git(repo_path, "rev-parse", "--git-dir", check=False).startswith("fatal"):
@@ -98,6 +103,8 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
                 tested = _run_step(worktree, result.first_bad, subdir, trace, repeat, check_args, scratch,
                                    checkout=True)
             result.report = tested.report
+            if html_report and _html_report(scratch, result.first_bad).exists():
+                shutil.copyfile(_html_report(scratch, result.first_bad), html_report)
     finally:
         _git(worktree, "bisect", "reset", check=False) if worktree.exists() else None
         _git(repo_path, "worktree", "remove", "--force", str(worktree), check=False)
@@ -123,26 +130,43 @@ def _run_step(worktree: Path, commit: str, subdir: str, trace: str, repeat: int,
         return Step(commit, subject, "skip", f"does not install: {last}", time.monotonic() - started)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    code, out, err = _run_check([sys.executable, "-m", "sgl_replay.cli", "check", trace,
-                                 "--repeat", str(repeat), *check_args], env)
+    code, out, err = _run_check([sys.executable, "-m", "sgl_replay.cli", "check", trace, "--json",
+                                 "--repeat", str(repeat), "--report", str(_html_report(scratch, commit)),
+                                 *check_args], env)
     shutil.rmtree(site, ignore_errors=True)
     seconds = time.monotonic() - started
-    rate = next((l for l in (out + err).splitlines() if l.startswith("diverged in ")), "")
-    if code == EXIT_GOOD:
+    verdict = _verdict(out)
+    if verdict is None or code not in (ExitCode.SAME, ExitCode.DIVERGED, ExitCode.SKIP):
+        why = verdict["message"] if verdict else (err.strip().splitlines() or ["no verdict"])[-1]
+        raise BisectError(f"check failed at {commit[:10]} (exit {code}): {why}")
+    outcome, report = Outcome(verdict["verdict"]), "\n".join(verdict["report"])
+    rate = (f"diverged in {verdict['diverged_replays']} of {verdict['replays']} replays"
+            if verdict["replays"] > 1 else "")
+    if outcome is Outcome.SAME:
         return Step(commit, subject, "good", rate or "same", seconds)
-    if code == EXIT_BAD:
-        first = next((l for l in out.splitlines() if l.startswith("diverged at")), "diverged")
-        return Step(commit, subject, "bad", rate or first.rstrip(":"), seconds, report=out)
-    if code == EXIT_SKIP:
-        why = rate if "inconclusive" in rate else _last_error(err)
-        return Step(commit, subject, "skip", f"inconclusive: {rate}" if "inconclusive" in rate else why,
-                    seconds)
-    raise BisectError(f"check failed at {commit[:10]} (exit {code}): {_last_error(err)}")
+    if outcome is Outcome.DIVERGED:
+        first = next((l for l in verdict["report"] if l.startswith("diverged at")), "diverged")
+        return Step(commit, subject, "bad", rate or first.rstrip(":"), seconds, report=report)
+    if outcome is Outcome.INCONCLUSIVE:
+        return Step(commit, subject, "skip", f"inconclusive: {rate}", seconds)
+    if outcome is Outcome.COULD_NOT_RUN:
+        return Step(commit, subject, "skip", verdict["message"], seconds)
+    # a replay that failed part way is this revision's fault: bad, with its reason
+    return Step(commit, subject, "bad", verdict["message"], seconds, report=report)
 
 
-def _last_error(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.startswith("sgl-replay: error:")]
-    return lines[-1].removeprefix("sgl-replay: error: ") if lines else (err.strip().splitlines() or ["?"])[-1]
+def _html_report(scratch: Path, commit: str) -> Path:
+    return scratch / f"report-{commit[:12]}.html"
+
+
+def _verdict(out: str) -> Optional[dict]:
+    """The verdict `check --json` prints as its last line (None: it printed none)."""
+    lines = out.strip().splitlines()
+    try:
+        verdict = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return verdict if isinstance(verdict, dict) and "verdict" in verdict else None
 
 
 def _run_check(cmd: list[str], env: dict) -> tuple[int, str, str]:

@@ -1,10 +1,9 @@
-"""The `sgl-replay` command: thin click commands over the library.
+"""The `sgl-replay` command: thin click commands over the library. Runs in
+the process that drives the engine.
 
-Exit codes (git bisect run understands them): 0 same / done, 1 diverged or a
-run that failed part way (its trace is kept, sealed), 125 the engine could
-not start or import at this revision, 2 bad usage or unreadable input,
-130 interrupted. Errors are one line (plus the engine's last log lines when
-the engine died); SGLREPLAY_DEBUG=1 shows tracebacks.
+Exit codes are sgl_replay.runs.check.ExitCode (git bisect run understands
+them). Errors are one line (plus the engine's last log lines when the engine
+died); SGLREPLAY_DEBUG=1 shows tracebacks.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from typing import Optional
 
 import click
 
+from sgl_replay.runs.check import ExitCode
 from sgl_replay.trace.reader import TraceError, TraceReader
-
-EXIT_SAME, EXIT_DIVERGED, EXIT_USAGE, EXIT_SKIP, EXIT_INTERRUPTED = 0, 1, 2, 125, 130
 
 
 class Failure(click.ClickException):
@@ -41,17 +39,17 @@ def _errors_to_exit_codes(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from sgl_replay.engine import BadEngineArgs, EngineError
-        from sgl_replay.record.runner import CaptureFailed
+        from sgl_replay.runs.capture import CaptureFailed
+        from sgl_replay.runs.engine import BadEngineArgs, EngineError
 
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except TraceError as e:
-            raise Failure(str(e), EXIT_USAGE) from None
+            raise Failure(str(e), ExitCode.BAD_INPUT) from None
         except BadEngineArgs as e:
-            raise Failure(str(e), EXIT_USAGE) from None
+            raise Failure(str(e), ExitCode.BAD_INPUT) from None
         except EngineError as e:
             raise Failure(str(e), e.exit_code) from None
         except CaptureFailed as e:
@@ -59,16 +57,17 @@ def _errors_to_exit_codes(fn):
             raise Failure(f"{e}{kept}", e.exit_code) from None
         except KeyboardInterrupt:
             click.echo("sgl-replay: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(ExitCode.INTERRUPTED)
         except BrokenPipeError:  # `sgl-replay show ... | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except OSError as e:
-            raise Failure(str(e), EXIT_USAGE) from None
-        except Exception as e:  # noqa: BLE001
+            raise Failure(str(e), ExitCode.BAD_INPUT) from None
+        except Exception as e:  # noqa: BLE001 — a bug of ours, never a verdict on the code under test
             if os.environ.get("SGLREPLAY_DEBUG"):
                 raise
-            raise Failure(f"{type(e).__name__}: {e}", EXIT_DIVERGED) from None
+            raise Failure(f"internal error: {type(e).__name__}: {e} (SGLREPLAY_DEBUG=1 shows where)",
+                          ExitCode.INTERNAL) from None
 
     return wrapper
 
@@ -80,7 +79,7 @@ def parse_engine_args(pairs: tuple[str, ...]) -> dict:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise Failure(f"--engine-arg wants KEY=VALUE, got {pair!r}", EXIT_USAGE)
+            raise Failure(f"--engine-arg wants KEY=VALUE, got {pair!r}", ExitCode.BAD_INPUT)
         value: object
         try:
             value = json.loads(raw)
@@ -95,6 +94,15 @@ def _engine_options(fn):
                       help="Any sglang server argument, e.g. chunked_prefill_size=64 (repeatable).")(fn)
     fn = click.option("--device", default=None, help="Engine device (default: cpu).")(fn)
     return fn
+
+
+def _timeout_option(fn):
+    from sgl_replay.runs.check import REPLAY_TIMEOUT_S
+
+    return click.option("--timeout", type=click.FloatRange(min=1), default=REPLAY_TIMEOUT_S,
+                        show_default=True, metavar="SECONDS",
+                        help="A replay still running after this long is stopped and sealed "
+                             "(a trace can claim any number of iterations).")(fn)
 
 
 @click.group()
@@ -129,51 +137,38 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     engine serves HTTP /generate from any client; the URL is printed), or a
     scripted-runtime script `module:function` taking sglang's ScriptedContext.
     """
-    from sgl_replay.engine import Engine, EngineConfig
-    from sgl_replay.record.runner import check_writable, record_workload
-    from sgl_replay.replay.runner import DEVICE_ARGS
+    from sgl_replay.runs.capture import check_writable
+    from sgl_replay.runs.engine import Engine, EngineConfig, device_args
+    from sgl_replay.runs.record import record_workload
+    from sgl_replay.scheduler import workloads as specs
 
-    spec, defaults = _workload_spec(workload, duration, idle_timeout)
+    try:
+        spec = specs.parse(workload, duration_s=duration, idle_s=idle_timeout)
+    except ValueError as e:
+        raise Failure(str(e), ExitCode.BAD_INPUT) from None
     check_writable(output)
-    overrides = dict(DEVICE_ARGS.get(device, {"device": device})) if device else {}
+    overrides = device_args(device) if device else {}
     overrides.update(parse_engine_args(engine_args))
-    config = EngineConfig.embedded(engine_args={**defaults, **overrides}, model_path=model_path)
+    config = EngineConfig.embedded(engine_args={**specs.engine_args_of(spec), **overrides},
+                                   model_path=model_path)
     started = time.monotonic()
     with Engine.start(config) as engine:
         click.echo(f"engine ready in {time.monotonic() - started:.1f}s", err=True)
-        if spec["kind"] == "serve":
+        if spec.kind == "serve":
             limit = " or ".join(x for x in (f"{duration:g}s" if duration else "",
                                             f"{idle_timeout:g}s idle" if idle_timeout else "") if x)
             click.echo(f"serving {engine.base_url}/generate until {limit}; Ctrl-C stops "
                        f"and keeps the trace", err=True)
         end = record_workload(engine, spec, output, argv=sys.argv[1:])
     size = os.path.getsize(output)
-    click.echo(f"recorded {end['iterations']} loop iterations, {end['forwards']} forward batches, "
-               f"{end['requests']} requests -> {output} ({size / 1024:.1f} KiB)")
-
-
-def _workload_spec(workload: str, duration, idle_timeout) -> tuple[dict, dict]:
-    from sgl_replay.record.workloads import BUILTIN
-
-    if workload == "serve":
-        if duration is None and idle_timeout is None:
-            raise Failure("serve needs --duration and/or --idle-timeout", EXIT_USAGE)
-        return {"kind": "serve", "duration_s": duration, "idle_s": idle_timeout}, {}
-    if duration is not None or idle_timeout is not None:
-        raise Failure("--duration and --idle-timeout apply to `serve` only", EXIT_USAGE)
-    if workload in BUILTIN:
-        w = BUILTIN[workload]
-        return {"kind": "builtin", "name": workload, "description": w.description}, dict(w.engine_args)
-    if ":" in workload:
-        return {"kind": "script", "name": workload}, {}
-    raise Failure(f"unknown workload {workload!r}; built-in workloads: {', '.join(BUILTIN)}; "
-                  f"or `serve`, or module:function", EXIT_USAGE)
+    click.echo(f"recorded {end.iterations} loop iterations, {end.forwards} forward batches, "
+               f"{end.requests} requests -> {output} ({size / 1024:.1f} KiB)")
 
 
 @main.command()
 def workloads() -> None:
     """List the built-in workloads."""
-    from sgl_replay.record.workloads import BUILTIN
+    from sgl_replay.scheduler.workloads import BUILTIN
 
     for w in BUILTIN.values():
         args = " ".join(f"{k}={v}" for k, v in w.engine_args.items())
@@ -191,15 +186,21 @@ def workloads() -> None:
 @_errors_to_exit_codes
 def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only: bool) -> None:
     """Print a trace: header, then one block per recorded iteration."""
-    from sgl_replay.trace.text import iteration_lines, names_from, touches
+    from sgl_replay.trace.text import end_line, header_lines, iteration_lines, names_from, touches
 
     lo, hi = _parse_range(iter_range)
     with TraceReader(trace) as reader:
-        h = reader.header
         if header_only:
-            click.echo(json.dumps(h, indent=2, sort_keys=True))
+            from sgl_replay.runs.replay import replay_plan
+
+            plan = replay_plan(reader.header)
+            click.echo(json.dumps(reader.header.to_dict(), indent=2, sort_keys=True, default=repr))
+            click.echo(f"a replay applies engine args {json.dumps(plan.engine_args, sort_keys=True)} "
+                       f"and env {json.dumps(plan.env, sort_keys=True)}; it ignores engine args "
+                       f"{', '.join(plan.ignored_args) or 'none'} and env {', '.join(plan.ignored_env) or 'none'}",
+                       err=True)
             return
-        for line in header_lines(h):
+        for line in header_lines(reader.header):
             click.echo(line)
         rids: list[str] = []
         name = names_from(rids)
@@ -218,35 +219,8 @@ def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only:
                 for line in iteration_lines(record, name, only=wanted if rid is not None else None):
                     click.echo(line)
         except TraceError as e:
-            raise Failure(f"{e} (everything before it is shown above)", EXIT_USAGE) from None
+            raise Failure(f"{e} (everything before it is shown above)", ExitCode.BAD_INPUT) from None
         click.echo(end_line(reader.end))
-
-
-def header_lines(h: dict) -> list[str]:
-    v, d, w = h.get("versions", {}), h.get("device", {}), h.get("workload") or {}
-    src = h.get("source", {})
-    pools = " ".join(f"{k}={val}" for k, val in h.get("pools", {}).items())
-    lines = [
-        f"trace format {h.get('format')}  sgl-replay {v.get('sgl_replay')}  sglang {v.get('sglang')}  "
-        f"torch {v.get('torch')}  python {v.get('python')}",
-        f"device {d.get('type')} {d.get('name') or ''}  attention {d.get('attention_backend')}"
-        + (f"  cuda {d['cuda']} driver {d.get('driver')}" if d.get("cuda") else ""),
-        f"workload {w.get('kind')} {w.get('name') or ''}"
-        + (f": {w['description']}" if w.get("description") else "")
-        + (f"  ({src.get('kind')} of {src.get('trace')})" if src.get("kind") == "replay" else ""),
-        f"pools {pools}",
-    ]
-    model = h.get("model", {})
-    lines.append("model embedded tiny GPT-2" if model.get("config") else f"model {model.get('path')}")
-    return lines
-
-
-def end_line(end: Optional[dict]) -> str:
-    if end is None:
-        return "end: missing (the trace stops without its end record)"
-    state = "complete" if end["complete"] else f"INCOMPLETE: {end.get('reason')}"
-    return (f"end: {state}; {end['iterations']} loop iterations, {end['forwards']} forward batches, "
-            f"{end['requests']} requests")
 
 
 def _parse_range(text: Optional[str]) -> tuple[float, float]:
@@ -258,7 +232,21 @@ def _parse_range(text: Optional[str]) -> tuple[float, float]:
             return int(lo), int(lo) + 1
         return (int(lo) if lo else 0), (int(hi) if hi else float("inf"))
     except ValueError:
-        raise Failure(f"--iter wants A:B, got {text!r}", EXIT_USAGE) from None
+        raise Failure(f"--iter wants A:B, got {text!r}", ExitCode.BAD_INPUT) from None
+
+
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@_errors_to_exit_codes
+def seal(trace: str) -> None:
+    """Close a trace a killed process left torn (a .partial file, or a trace
+    cut short or damaged): keep every record that reads and append an end
+    record saying what was wrong. The file is rewritten whole and renamed
+    into place; a trace that reads whole is left as it is."""
+    from sgl_replay.trace.text import end_line
+    from sgl_replay.trace.writer import repair
+
+    click.echo(f"{trace}: {end_line(repair(trace))}")
 
 
 @main.command()
@@ -282,17 +270,16 @@ def stats(trace: str, as_json: bool) -> None:
             retracted += len(record.retracted)
         end = reader.end
         figures = {
-            "iterations": end["iterations"] if end else None, "recorded_iterations": records,
+            "iterations": end.iterations if end else None, "recorded_iterations": records,
             "forwards": forwards, "forward_modes": modes, "inputs": inputs, "requests": requests,
             "finished": finished, "retractions": retracted, "frames": reader.frames,
             "file_bytes": reader.file_bytes, "raw_bytes": reader.raw_bytes,
             "compression_ratio": round(reader.raw_bytes / reader.file_bytes, 2) if reader.file_bytes else None,
             "bytes_per_forward": round(reader.file_bytes / forwards, 1) if forwards else None,
-            "complete": bool(end and end["complete"]),
+            "complete": bool(end and end.complete),
             # what recording cost the scheduler loop, measured inside it
-            "recorder_share": (round(end["recorder_seconds"] / end["seconds"], 5)
-                               if end and end.get("recorder_seconds") is not None and end.get("seconds")
-                               else None),
+            "recorder_share": (round(end.recorder_seconds / end.seconds, 5)
+                               if end and end.recorder_seconds is not None and end.seconds else None),
         }
     if as_json:
         click.echo(json.dumps(figures))
@@ -308,26 +295,24 @@ def stats(trace: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the observed trace.")
 @_engine_options
+@_timeout_option
 @_errors_to_exit_codes
-def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[str, ...]) -> None:
+def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[str, ...],
+           timeout: float) -> None:
     """Re-drive the real engine with TRACE's inputs at the same iterations and
     record what happens now."""
-    from sgl_replay.record.runner import check_writable
+    from sgl_replay.runs.capture import check_writable
+    from sgl_replay.runs.check import read_header
+    from sgl_replay.runs.engine import Engine
+    from sgl_replay.runs.replay import engine_config_for, replay_trace
 
     check_writable(output)
-    end = _replay(trace, output, device, parse_engine_args(engine_args))
-    click.echo(f"replayed {end['iterations']} loop iterations, {end['forwards']} forward batches "
-               f"-> {output}")
-
-
-def _replay(trace: str, output: str, device: Optional[str], overrides: dict) -> dict:
-    from sgl_replay.engine import Engine
-    from sgl_replay.replay.runner import engine_config_for, replay_trace
-
-    config = engine_config_for(_readable_header(trace), device=device, engine_args=overrides)
+    overrides = parse_engine_args(engine_args)
+    config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
-        return replay_trace(engine, trace, output,
-                            overrides={"device": device, "engine_args": overrides})
+        end = replay_trace(engine, trace, output, overrides={"device": device, "engine_args": overrides},
+                           timeout_s=timeout)
+    click.echo(f"replayed {end.iterations} loop iterations, {end.forwards} forward batches -> {output}")
 
 
 # ------------------------------------------------------------------ diff
@@ -343,27 +328,12 @@ def _diff_options(fn):
 
 
 def _options(level: str, ignore: tuple[str, ...], force: bool):
-    from sgl_replay.diff.compare import Options
+    from sgl_replay.diff import Options
 
     try:
         return Options(level=level, ignore=frozenset(ignore), force=force)
     except ValueError as e:
-        raise Failure(str(e), EXIT_USAGE) from None
-
-
-def _report(result, as_json: bool, label_a: str, label_b: str) -> int:
-    from sgl_replay.diff.report import text_lines, to_json
-
-    if as_json:
-        click.echo(to_json(result, label_a, label_b))
-    else:
-        for line in text_lines(result, label_a, label_b):
-            click.echo(line)
-    if result.verdict == "same":
-        return EXIT_SAME
-    if result.verdict in ("not comparable", "empty"):
-        return EXIT_USAGE
-    return EXIT_DIVERGED
+        raise Failure(str(e), ExitCode.BAD_INPUT) from None
 
 
 @main.command()
@@ -374,70 +344,97 @@ def _report(result, as_json: bool, label_a: str, label_b: str) -> int:
 def diff(a: str, b: str, as_json: bool, level: str, ignore: tuple[str, ...], force: bool) -> None:
     """Compare two traces (no engine needed): the first divergent iteration,
     explained per request, then a summary realigned by request id."""
-    from sgl_replay.diff.compare import diff as compare
+    from sgl_replay.diff import diff as compare
+    from sgl_replay.diff.report import text_lines, to_json
+    from sgl_replay.runs.check import outcome_of
 
     options = _options(level, ignore, force)
     with TraceReader(a) as ra, TraceReader(b) as rb:
         result = compare(ra, rb, options)
-    sys.exit(_report(result, as_json, a, b))
+    if as_json:
+        click.echo(to_json(result, a, b))
+    else:
+        for line in text_lines(result, a, b):
+            click.echo(line)
+    sys.exit(outcome_of(result).exit_code)
+
+
+@main.command()
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write.")
+@click.option("--level", type=click.Choice(["composition", "full"]), default="full", show_default=True)
+@click.option("--ignore", multiple=True, metavar="FIELD", help="As for diff (repeatable).")
+@click.option("--force", is_flag=True, help="Compare even traces that are not comparable.")
+@_errors_to_exit_codes
+def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], force: bool) -> None:
+    """Diff two traces into one self-contained HTML page: both runs as
+    per-iteration charts, the first divergence marked and explained, the
+    lifecycle table. Exit codes as for diff."""
+    from sgl_replay.diff import diff as compare
+    from sgl_replay.runs.check import outcome_of
+    from sgl_replay.views import write_report
+
+    with TraceReader(a) as ra, TraceReader(b) as rb:
+        result = compare(ra, rb, _options(level, ignore, force))
+    write_report(a, b, result, output, label_a=a, label_b=b)
+    click.echo(f"{result.verdict} -> {output}")
+    sys.exit(outcome_of(result).exit_code)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the Chrome trace-event JSON (default: TRACE.json.gz).")
+@_errors_to_exit_codes
+def timeline(trace: str, output: Optional[str]) -> None:
+    """Write TRACE as a timeline for ui.perfetto.dev or chrome://tracing:
+    forward batches, pool and queue counters, each request's life."""
+    from sgl_replay.views import write_timeline
+
+    output = output or os.path.splitext(trace)[0] + ".json.gz"
+    figures = write_timeline(trace, output)
+    click.echo(f"{output}: {figures['forwards']} forward batches, {figures['requests']} requests, "
+               f"{figures['retractions']} retractions (open in ui.perfetto.dev)")
 
 
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Keep the (last) observed trace here (default: a temporary file).")
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the HTML report of the recording against the replay here.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay N times on one engine; mixed results are inconclusive (exit 125).")
 @_engine_options
+@_timeout_option
 @_diff_options
 @_errors_to_exit_codes
-def check(trace: str, output: Optional[str], repeat: int, device: Optional[str],
-          engine_args: tuple[str, ...], as_json: bool, level: str, ignore: tuple[str, ...],
-          force: bool) -> None:
+def check(trace: str, output: Optional[str], report_path: Optional[str], repeat: int,
+          device: Optional[str], engine_args: tuple[str, ...], timeout: float, as_json: bool,
+          level: str, ignore: tuple[str, ...], force: bool) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
     Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
     --repeat replays disagreed (git bisect run skips the revision), 2 bad
-    usage or unreadable trace.
+    usage or unreadable trace. --json prints the verdict as one JSON object.
     """
-    import tempfile
-
-    from sgl_replay.diff.compare import diff as compare
-    from sgl_replay.engine import Engine
-    from sgl_replay.replay.runner import engine_config_for, replay_trace
+    from sgl_replay.runs.check import check as run_check
 
     options = _options(level, ignore, force)
-    overrides = parse_engine_args(engine_args)
-    header = _readable_header(trace)
-    try:
-        config = engine_config_for(header, device=device, engine_args=overrides)
-        engine = Engine.start(config)
-    except ImportError as e:
-        raise Failure(f"cannot import the engine here: {e}", EXIT_SKIP) from None
-    results = []
-    with engine, tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
-        for run in range(repeat):
-            observed = output if output and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")
-            replay_trace(engine, trace, observed, overrides={"device": device, "engine_args": overrides})
-            with TraceReader(trace) as ra, TraceReader(observed) as rb:
-                results.append(compare(ra, rb, options))
-    diverged = [r for r in results if r.verdict == "diverged"]
-    shown = diverged[0] if diverged else results[0]
-    code = _report(shown, as_json, trace, "replay" if output is None else output)
-    if repeat > 1:
-        click.echo(f"diverged in {len(diverged)} of {repeat} replays"
-                   + (" (inconclusive)" if 0 < len(diverged) < repeat else ""), err=as_json)
-        if 0 < len(diverged) < repeat:
-            code = EXIT_SKIP
-    sys.exit(code)
-
-
-def _readable_header(trace: str) -> dict:
-    """Read the whole trace before anything starts: a bad trace is exit 2."""
-    with TraceReader(trace) as reader:
-        for _ in reader.iterations():
-            pass
-        return reader.header
+    verdict = run_check(trace, device=device, engine_args=parse_engine_args(engine_args),
+                        options=options, repeat=repeat, observed=output, report=report_path,
+                        timeout_s=timeout)
+    label_b = "replay" if output is None else output
+    if as_json:
+        click.echo(json.dumps(verdict.to_plain(trace, label_b)))
+    elif verdict.result is None:  # nothing compared: the reason is the error
+        raise Failure(verdict.message, verdict.exit_code)
+    else:
+        for line in verdict.lines(trace, label_b):
+            click.echo(line)
+    sys.exit(verdict.exit_code)
 
 
 # ------------------------------------------------------------------ bisect
@@ -450,11 +447,13 @@ def _readable_header(trace: str) -> dict:
               help="Where the installable package sits in the repository (sglang: python).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replays per step; a step with mixed results is inconclusive and skipped.")
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the first bad commit's HTML report (its replay against TRACE) here.")
 @click.argument("trace", type=click.Path(dir_okay=False))
 @_engine_options
 @_errors_to_exit_codes
-def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, trace: str,
-                   device: Optional[str], engine_args: tuple[str, ...]) -> None:
+def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, report_path: Optional[str],
+                   trace: str, device: Optional[str], engine_args: tuple[str, ...]) -> None:
     """Find the first commit between GOOD and BAD whose engine no longer
     reproduces TRACE.
 
@@ -465,26 +464,30 @@ def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, tra
     import are skipped.
     """
     from sgl_replay.bisect import BisectError, bisect
+    from sgl_replay.runs.check import read_header
 
-    _readable_header(trace)
+    read_header(trace)
     check_args = tuple(a for pair in engine_args for a in ("--engine-arg", pair))
     check_args += ("--device", device) if device else ()
     try:
         result = bisect(repo, good, bad, trace, repeat=repeat, subdir=subdir, check_args=check_args,
-                        echo=lambda line: click.echo(line, err=True))
+                        echo=lambda line: click.echo(line, err=True),
+                        html_report=os.path.abspath(report_path) if report_path else None)
     except BisectError as e:
         raise Failure(str(e), e.exit_code) from None
     skipped = ", ".join(s.commit[:10] for s in result.skipped) or "none"
     if result.first_bad:
         click.echo(f"first bad commit: {result.first_bad} {result.subject}")
         click.echo(result.report.rstrip())
+        if report_path:
+            click.echo(f"HTML report: {report_path}")
     else:
         click.echo("no single first bad commit: only skipped commits are left; it is one of:")
         for sha in result.candidates:
             click.echo(f"  {sha}")
     click.echo(f"{len(result.steps)} steps, {len(result.skipped)} skipped ({skipped}), "
                f"{result.seconds:.0f}s wall time")
-    sys.exit(0 if result.first_bad else EXIT_DIVERGED)
+    sys.exit(ExitCode.SAME if result.first_bad else ExitCode.DIVERGED)
 
 
 if __name__ == "__main__":

@@ -18,23 +18,29 @@ This module does the work; sgl_replay.pytest_plugin only connects it to pytest.
 
 from __future__ import annotations
 
-import importlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from sgl_replay.diff.compare import DiffResult, Options, diff
+from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines
-from sgl_replay.engine import EngineConfig, EnginePool
-from sgl_replay.record.runner import record_workload
-from sgl_replay.record.workloads import BUILTIN
-from sgl_replay.replay.runner import engine_config_for, replay_trace
+from sgl_replay.runs.check import Outcome as CheckOutcome
+from sgl_replay.runs.check import check
+from sgl_replay.runs.engine import EngineConfig, EnginePool
+from sgl_replay.runs.record import record_workload
+from sgl_replay.runs.replay import engine_config_for, replay_trace
+from sgl_replay.scheduler import workloads
+from sgl_replay.trace.format import Workload
 from sgl_replay.trace.reader import TraceReader
+from sgl_replay.views import write_report
 
 MANIFEST = "goldens.toml"
 SUFFIX = ".sglt"
+# A golden's name is its file's name: nothing that could leave the directory.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 class ManifestError(Exception):
@@ -45,23 +51,17 @@ class ManifestError(Exception):
 class Golden:
     name: str
     path: Path
-    workload: str
-    description: str
+    workload: Workload
     engine_args: dict = field(default_factory=dict)
     client: Optional[str] = None
-    duration: Optional[float] = None
-    idle_timeout: Optional[float] = None
 
-    def workload_spec(self) -> dict:
-        if self.workload == "serve":
-            return {"kind": "serve", "duration_s": self.duration, "idle_s": self.idle_timeout,
-                    "description": self.description}
-        kind = "builtin" if self.workload in BUILTIN else "script"
-        return {"kind": kind, "name": self.workload, "description": self.description}
+    @property
+    def description(self) -> str:
+        return self.workload.description or ""
 
     def engine_config(self) -> EngineConfig:
-        defaults = BUILTIN[self.workload].engine_args if self.workload in BUILTIN else {}
-        return EngineConfig.embedded(engine_args={**defaults, **self.engine_args})
+        return EngineConfig.embedded(engine_args={**workloads.engine_args_of(self.workload),
+                                                  **self.engine_args})
 
 
 def load_manifest(directory: Path) -> list[Golden]:
@@ -79,26 +79,24 @@ def load_manifest(directory: Path) -> list[Golden]:
         raise ManifestError(f"{path}: {e}") from None
     goldens = []
     for name, entry in data.items():
+        if not SAFE_NAME.fullmatch(name) or name.endswith(".sglt"):
+            raise ManifestError(f"{path}: [{name}] is not a safe golden name (letters, digits, _ . -)")
         if not isinstance(entry, dict) or "workload" not in entry:
             raise ManifestError(f"{path}: [{name}] needs a workload")
         unknown = set(entry) - {"workload", "description", "engine_args", "client", "duration",
                                 "idle_timeout"}
         if unknown:
             raise ManifestError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
-        workload = entry["workload"]
-        if workload not in BUILTIN and workload != "serve" and ":" not in workload:
-            raise ManifestError(f"{path}: [{name}] workload {workload!r} is not a built-in, "
-                                f"'serve', or module:function")
-        if workload == "serve" and not (entry.get("duration") or entry.get("idle_timeout")):
-            raise ManifestError(f"{path}: [{name}] serve needs duration and/or idle_timeout")
-        description = entry.get("description") or (BUILTIN[workload].description
-                                                    if workload in BUILTIN else "")
-        if not description:
+        try:
+            workload = workloads.parse(entry["workload"], duration_s=entry.get("duration"),
+                                       idle_s=entry.get("idle_timeout"),
+                                       description=entry.get("description"))
+        except ValueError as e:
+            raise ManifestError(f"{path}: [{name}] {e}") from None
+        if not workload.description:
             raise ManifestError(f"{path}: [{name}] needs a one-line description")
         goldens.append(Golden(name=name, path=directory / f"{name}{SUFFIX}", workload=workload,
-                              description=description, engine_args=entry.get("engine_args", {}),
-                              client=entry.get("client"), duration=entry.get("duration"),
-                              idle_timeout=entry.get("idle_timeout")))
+                              engine_args=entry.get("engine_args", {}), client=entry.get("client")))
     return goldens
 
 
@@ -107,18 +105,10 @@ def unused_traces(directory: Path, goldens: list[Golden]) -> list[Path]:
     return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.name not in named)
 
 
-def _resolve(dotted: str) -> Callable:
-    module, _, attr = dotted.partition(":")
-    fn = importlib.import_module(module)
-    for part in attr.split("."):
-        fn = getattr(fn, part)
-    return fn
-
-
 @dataclass
 class Outcome:
     golden: Golden
-    status: str  # "same" | "diverged" | "missing" | "created" | "updated" | "unchanged"
+    status: str  # a check outcome's value, or "missing" | "created" | "updated" | "unchanged"
     report: list[str] = field(default_factory=list)
     seconds: float = 0.0  # its engine start included, when it needed one
     engine_starts: int = 0
@@ -143,20 +133,26 @@ class GoldenSuite:
                 f"golden {golden.name} is missing: {golden.path} does not exist; "
                 f"record it with --sgl-replay-update"])
         else:
-            with TraceReader(str(golden.path)) as reader:
-                header = reader.header
-            engine = self.pool.get(engine_config_for(header, device=self.device))
-            observed = self.scratch / f"{golden.name}.observed{SUFFIX}"
-            replay_trace(engine, str(golden.path), str(observed))
-            result = self._diff(golden.path, observed)
-            lines = list(text_lines(result, str(golden.path), "replay"))
-            outcome = Outcome(golden, "same" if result.same else "diverged", lines)
-            if result.same:
+            observed = self.observed_path(golden)
+            verdict = check(str(golden.path), pool=self.pool, device=self.device, options=self.options,
+                            observed=str(observed))
+            status = verdict.outcome.value  # "same", "diverged", "bad input", "could not run", ...
+            outcome = Outcome(golden, status, verdict.lines(str(golden.path), "replay"))
+            if verdict.outcome is CheckOutcome.SAME:
                 observed.unlink()
+            elif verdict.outcome is CheckOutcome.DIVERGED:
+                write_report(str(golden.path), str(observed), verdict.result, str(self.report_path(golden)),
+                             label_a=str(golden.path), label_b="replay")
         outcome.seconds = time.monotonic() - started
         outcome.engine_starts = self.pool.starts - starts
         self.outcomes.append(outcome)
         return outcome
+
+    def observed_path(self, golden: Golden) -> Path:
+        return self.scratch / f"{golden.name}.observed{SUFFIX}"
+
+    def report_path(self, golden: Golden) -> Path:
+        return self.scratch / f"{golden.name}.report.html"
 
     def update(self, golden: Golden) -> Outcome:
         """Record the golden anew (re-run its workload; a serve golden without
@@ -164,7 +160,7 @@ class GoldenSuite:
         keeps its file."""
         started, starts = time.monotonic(), self.pool.starts
         fresh = self.scratch / f"{golden.name}.fresh{SUFFIX}"
-        if golden.workload == "serve" and golden.client is None:
+        if golden.workload.kind == "serve" and golden.client is None:
             if not golden.path.exists():
                 raise ManifestError(f"golden {golden.name}: a serve golden without a client "
                                     f"cannot be recorded here; record it with `sgl-replay record serve`")
@@ -172,8 +168,8 @@ class GoldenSuite:
                 config = engine_config_for(reader.header, device=self.device)
             replay_trace(self.pool.get(config), str(golden.path), str(fresh))
         else:
-            client = _resolve(golden.client) if golden.client else None
-            record_workload(self.pool.get(golden.engine_config()), golden.workload_spec(), str(fresh),
+            client = workloads.resolve(golden.client) if golden.client else None
+            record_workload(self.pool.get(golden.engine_config()), golden.workload, str(fresh),
                             client=client)
         if not golden.path.exists():
             status, lines = "created", [f"created {golden.path}"]

@@ -41,7 +41,7 @@ class _State:
     @property
     def pool(self):
         if self._pool is None:
-            from sgl_replay.engine import EnginePool
+            from sgl_replay.runs.engine import EnginePool
 
             self._pool = EnginePool(extra_sys_path=self.pythonpath, max_live=5)
         return self._pool
@@ -130,10 +130,11 @@ class GoldenItem(pytest.Item):
         state.ran.add((self.golden.path.parent, self.golden.name))
         suite = state.suite
         outcome = suite.update(self.golden) if state.update else suite.check(self.golden)
-        if outcome.status in ("diverged", "missing"):
+        if outcome.status not in ("same", "created", "updated", "unchanged"):
             kept = ""
             if outcome.status == "diverged":
-                kept = (f"\nobserved trace kept at {suite.scratch / (self.golden.name + '.observed.sglt')}"
+                kept = (f"\nobserved trace kept at {suite.observed_path(self.golden)}"
+                        f"\nHTML report (both runs, the divergence marked): {suite.report_path(self.golden)}"
                         f"\nif the change is intended: pytest --sgl-replay-update -k {self.golden.name}")
             raise GoldenFailure("\n".join(outcome.report) + kept)
 
@@ -152,7 +153,7 @@ def sgl_replay_engines(pytestconfig):
     return pytestconfig.stash[_STATE].pool
 
 
-def _unused(state: _State, session: pytest.Session) -> list[Path]:
+def _unused(state: _State) -> list[Path]:
     """Unused traces, only in suites whose every golden ran (a -k or a
     deselection leaves the rest alone, as syrupy does)."""
     from sgl_replay.golden import unused_traces
@@ -168,7 +169,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is None or not state.manifests:
         return
-    unused = _unused(state, session)
+    unused = _unused(state)
     if unused and state.update:
         for path in unused:
             path.unlink()

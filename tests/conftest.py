@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sgl_replay.engine import EngineConfig
-from sgl_replay.record.runner import record_workload
-from sgl_replay.record.workloads import BUILTIN, KV_PRESSURE_ARGS
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.record import record_workload
+from sgl_replay.scheduler.workloads import BUILTIN, KV_PRESSURE_ARGS
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import Batch, Iteration
 
@@ -40,7 +41,7 @@ def recorded(engines, tmp_path_factory):
     def get(name: str) -> str:
         if name not in cache:
             out = str(root / f"{name}.sglt")
-            record_workload(engines.get(builtin_config(name)), {"kind": "builtin", "name": name}, out)
+            record_workload(engines.get(builtin_config(name)), parse_workload(name), out)
             cache[name] = out
         return cache[name]
 
@@ -100,5 +101,5 @@ def tweak_baseline(engines, tweaks, tmp_path_factory):
     config, mode, _ = tweaks
     mode.write_text("off")
     out = str(tmp_path_factory.mktemp("baseline") / "kv_pressure.sglt")
-    record_workload(engines.get(config), {"kind": "builtin", "name": "kv_pressure"}, out)
+    record_workload(engines.get(config), parse_workload("kv_pressure"), out)
     return out

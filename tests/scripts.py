@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from sgl_replay.record.workloads import concurrent_decode, drain
+from sgl_replay.scheduler.workloads import concurrent_decode, drain
 
 
 def plain_harness_batches(ctx, out_path: str):
     """In an engine started by sglang's own harness: prove the sgl-replay
     plugin stayed out of the loop, run a workload, and write the harness's own
     batch log (its ScriptedBatchRecords) for the test to compare."""
-    from sgl_replay.record import recorder
+    from sgl_replay.scheduler import recorder
 
     hook = ctx.scheduler.scripted_scheduler_hook
     facts = {

@@ -111,16 +111,19 @@ def repo_state(repo: Path) -> tuple:
             git(repo, "for-each-ref", "refs/bisect"))
 
 
-def test_bisect_names_the_commit_that_changed_scheduling(recorded, plugin_repo):
+def test_bisect_names_the_commit_that_changed_scheduling(recorded, plugin_repo, tmp_path):
     repo, shas = plugin_repo
     before = repo_state(repo)
     trace = recorded("running_cap")
+    html = tmp_path / "first_bad.html"
     proc = subprocess.run(
         [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[0],
-         "--bad", shas[-1], trace], cwd=TESTS, env=cli_env(), capture_output=True, text=True, timeout=900)
+         "--bad", shas[-1], "--report", str(html), trace], cwd=TESTS, env=cli_env(), capture_output=True,
+        text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert f"first bad commit: {shas[REGRESSION]} {HISTORY[REGRESSION][0]}" in proc.stdout
     assert "diverged at iteration 0" in proc.stdout  # with its divergence report
+    assert "Diverged at iteration 0" in html.read_text()  # and the first bad commit's HTML report
     steps = [l for l in proc.stderr.splitlines() if l.startswith("step ")]
     assert steps[0].startswith(f"step 1: {shas[BROKEN][:10]}") and ": skip (" in steps[0]
     assert "sglang plugin failed" in steps[0]

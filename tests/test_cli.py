@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from conftest import TESTS, cli_env, interruptible, read
-from sgl_replay.engine import EngineConfig
-from sgl_replay.record.runner import record_workload
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.record import record_workload
 
 SGL_REPLAY = [sys.executable, "-m", "sgl_replay.cli"]
 HANG_GUARD_S = 240  # a command that outlives this is hung, whatever the machine
@@ -64,6 +65,22 @@ def test_diff_of_truncated_trace_names_frame_and_offset(recorded, tmp_path):
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "cut.sglt: frame" in line and "at byte" in line
+
+
+def test_seal_repairs_a_cut_trace_and_keeps_every_whole_record(recorded, tmp_path):
+    trace = recorded("kv_pressure")
+    _, whole, _ = read(trace)
+    data = Path(trace).read_bytes()
+    cut = tmp_path / "cut.sglt"
+    cut.write_bytes(data[: len(data) - 100])
+    proc = run("seal", cut, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "INCOMPLETE: sealed: " in proc.stdout
+    _, body, end = read(str(cut))
+    assert not end.complete and 0 < len(body) <= len(whole)
+    assert body == whole[:len(body)]
+    assert run("diff", trace, cut, timeout=60).returncode == 1  # readable, and not the same run
+    assert run("seal", cut, timeout=60).stdout == proc.stdout  # sealing twice changes nothing
 
 
 def test_check_of_corrupt_trace_exits_2_without_starting_an_engine(tmp_path):
@@ -167,8 +184,8 @@ def test_ctrl_c_during_record_keeps_a_sealed_trace_and_stops_the_engine(tmp_path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     _, body, end = read(str(out))
-    assert end["complete"] is False and end["reason"] == "interrupted"
-    assert len(body) >= 20 and end["iterations"] >= 20
+    assert end.complete is False and end.reason == "interrupted"
+    assert len(body) >= 20 and end.iterations >= 20
     gone, alive = psutil.wait_procs(engine_procs, timeout=10)
     assert not alive, f"engine processes left behind: {alive}"
     assert not list(tmp_path.glob("sgl-replay-engine-*")), "a stopped engine's work directory was left behind"
@@ -176,7 +193,7 @@ def test_ctrl_c_during_record_keeps_a_sealed_trace_and_stops_the_engine(tmp_path
 
 def test_engine_death_during_replay_is_reported_and_the_observed_trace_kept(engines, tmp_path):
     trace = str(tmp_path / "long.sglt")
-    record_workload(engines.get(EngineConfig.embedded()), {"kind": "script", "name": "scripts:long_decode"},
+    record_workload(engines.get(EngineConfig.embedded()), parse_workload("scripts:long_decode"),
                     trace)
     observed = tmp_path / "observed.sglt"
     env = {**cli_env(), "TMPDIR": str(tmp_path)}  # where the engine's work directory goes
@@ -193,7 +210,7 @@ def test_engine_death_during_replay_is_reported_and_the_observed_trace_kept(engi
     assert "engine died at iteration" in line
     assert list(tmp_path.glob("sgl-replay-engine-*/engine.log")), "a dead engine's log was not kept"
     _, body, end = read(str(observed))
-    assert end["complete"] is False and len(body) >= 50
+    assert end.complete is False and len(body) >= 50
 
 
 def test_check_reports_a_changed_knob_with_exit_1(recorded, tmp_path):
@@ -207,10 +224,11 @@ def test_check_repeat_reports_mixed_results_as_inconclusive(tweaks, tweak_baseli
     """A planted nondeterministic scheduler change (the test-only plugin's
     'flaky' mode: every second run differs): `check --repeat 2` says
     inconclusive and exits 125, which git bisect run reads as skip."""
-    _, mode, _ = tweaks
+    config, mode, _ = tweaks
     mode.write_text("flaky")
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "plugins"), env["PYTHONPATH"]])
+    env.update(config.env)  # the plugin's switch: a replay never takes it from the trace
     try:
         proc = subprocess.run([*SGL_REPLAY, "check", tweak_baseline, "--repeat", "2"], cwd=TESTS, env=env,
                               text=True, capture_output=True, timeout=HANG_GUARD_S)

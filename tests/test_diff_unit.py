@@ -4,36 +4,38 @@ in test_replay.py)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Optional
-
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_replay.diff.compare import Options, diff
+from sgl_replay.diff import Options, diff
 from sgl_replay.diff.report import text_lines, to_json
-from sgl_replay.trace.format import Iteration, pack_ids
+from sgl_replay.trace.format import End, Header, Iteration, pack_ids
 
-HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"X": "1"},
+HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"SGLANG_RETRACT_DECODE_STEPS": "20", "X": "1"},
           "pools": {"max_total_tokens": 1024}, "model": {"config": {"n_layer": 2}},
           "device": {"type": "cpu", "name": "x86_64"}, "versions": {"sglang": "0.5.23"},
           "resolved": {"sampling_backend": "token_oracle"}}
 
 
-@dataclass
 class Synthetic:
-    body: list
-    header: dict = field(default_factory=lambda: dict(HEADER))
-    end: Optional[dict] = None
+    """A trace as a TraceReader hands it on: typed header, records and end.
+    Tests set `header` as a map."""
+
+    def __init__(self, body: list) -> None:
+        self.body = body
+        self.header = dict(HEADER)
+        self.end = None
+
+    header = property(lambda self: msgspec.convert(self._header, Header),
+                      lambda self, value: setattr(self, "_header", value))
 
     def iterations(self):  # typed, as a TraceReader yields them
         for rec in self.body:
             yield msgspec.convert(rec, Iteration)
-        self.end = {"t": "end", "complete": True, "reason": None,
-                    "iterations": (self.body[-1]["i"] + 1) if self.body else 0,
-                    "forwards": 0, "requests": 0}
+        self.end = End(complete=True, reason=None, iterations=(self.body[-1]["i"] + 1) if self.body else 0,
+                       forwards=0, requests=0)
 
 
 def gen(rid):
@@ -118,14 +120,18 @@ def test_idle_iteration_against_a_busy_one():
 
 def test_not_comparable_headers_unless_forced():
     other = run()
-    other.header = {**HEADER, "model": {"config": {"n_layer": 3}}, "env": {"X": "2"}}
+    other.header = {**HEADER, "model": {"config": {"n_layer": 3}},
+                    "env": {"SGLANG_RETRACT_DECODE_STEPS": "10", "X": "2"}}
     result = diff(run(), other)
     assert result.verdict == "not comparable"
     assert "different model config" in result.not_comparable
-    assert any("environment X" in r for r in result.not_comparable)
+    assert any("environment SGLANG_RETRACT_DECODE_STEPS" in r for r in result.not_comparable)
+    # a variable a replay never applies is a note, not a reason
+    assert any("environment X" in n for n in result.header_notes)
+    assert not any("environment X" in r for r in result.not_comparable)
     assert result.iterations_compared == 0
     other2 = run()
-    other2.header = dict(other.header)
+    other2.header = dict(other._header)
     forced = diff(run(), other2, Options(force=True))
     assert forced.verdict == "same"
     assert forced.not_comparable  # still reported
@@ -148,7 +154,7 @@ def test_never_same_when_nothing_was_compared():
 def test_incomplete_trace_is_a_difference():
     a, b = run(), run()
     list(b.iterations())
-    b_end = dict(b.end, complete=False, reason="engine died")
+    b_end = msgspec.structs.replace(b.end, complete=False, reason="engine died")
 
     class Cut(Synthetic):
         def iterations(self):

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sgl_replay.engine import Engine, EngineConfig, EngineError
+from sgl_replay.runs.engine import Engine, EngineConfig, EngineError
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 START_GUARD_S = 150  # far below sglang's own 300 s handshake wait
@@ -89,7 +89,7 @@ def test_http_port_taken_before_the_server_binds_it_starts_again_on_another(monk
     Here the first port handed out is one the test holds."""
     import socket
 
-    import sgl_replay.engine as engine_module
+    import sgl_replay.runs.engine as engine_module
 
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
@@ -106,3 +106,38 @@ def test_http_port_taken_before_the_server_binds_it_starts_again_on_another(monk
             assert engine.alive()
     finally:
         held.close()
+
+
+def test_the_control_channel_is_a_socket_only_this_user_can_reach(engines):
+    """The pickled harness messages travel over a unix socket in a 0700
+    directory, not a TCP port every local user could connect to."""
+    import stat
+
+    import zmq
+
+    engine = engines.get(EngineConfig.embedded())
+    endpoint = engine._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    assert endpoint.startswith("ipc://"), endpoint
+    directory = Path(endpoint.removeprefix("ipc://")).parent
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    assert mode == 0o700 and os.stat(directory).st_uid == os.getuid()
+
+
+def test_the_model_cache_is_private(tmp_path, monkeypatch):
+    from sgl_replay.runs.engine import EMBEDDED_MODEL_CONFIG, write_model_dir
+
+    monkeypatch.setenv("SGLREPLAY_CACHE", str(tmp_path / "cache"))
+    model = Path(write_model_dir(EMBEDDED_MODEL_CONFIG))
+    assert (model / "config.json").exists()
+    assert os.stat(tmp_path / "cache").st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # whatever the umask did
+    monkeypatch.setenv("SGLREPLAY_CACHE", str(shared))
+    with pytest.raises(EngineError, match="not a private directory"):
+        write_model_dir(EMBEDDED_MODEL_CONFIG)
+    planted = tmp_path / "planted"
+    planted.symlink_to(tmp_path / "cache")
+    monkeypatch.setenv("SGLREPLAY_CACHE", str(planted))
+    with pytest.raises(EngineError, match="not a private directory"):
+        write_model_dir(EMBEDDED_MODEL_CONFIG)

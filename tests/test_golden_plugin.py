@@ -72,8 +72,8 @@ def test_a_changed_scheduler_fails_with_the_diff_report(pytester: pytest.Pyteste
     with TraceReader(str(source)) as r:
         header, body = r.header, list(r.iterations())
         end = r.end
-    header["engine_args"]["chunked_prefill_size"] = 128
-    header["pools"]["chunked_prefill_size"] = 128
+    header.engine_args["chunked_prefill_size"] = 128
+    header.pools.chunked_prefill_size = 128
     w = TraceWriter(str(golden), header)
     for rec in body:
         w.write(rec)
@@ -83,4 +83,7 @@ def test_a_changed_scheduler_fails_with_the_diff_report(pytester: pytest.Pyteste
     failed.stdout.fnmatch_lines(["*golden trace long_prompt (a long prompt through chunked prefill):*",
                                  "*diverged at iteration 0*", "*long-0 had 256 new tokens at iteration 0 in A, 128 in B*",
                                  "*observed trace kept at *long_prompt.observed.sglt",
+                                 "*HTML report (both runs, the divergence marked): *long_prompt.report.html",
                                  "*if the change is intended: pytest --sgl-replay-update -k long_prompt*"])
+    report = next(line.split(": ", 1)[1] for line in failed.stdout.lines if "HTML report (" in line)
+    assert "long-0" in Path(report.strip()).read_text()

@@ -7,11 +7,14 @@ import json
 import math
 import random
 
+import msgspec
 import pytest
 
 from conftest import builtin_config, forwards, read, rid_table
-from sgl_replay.engine import EngineConfig
-from sgl_replay.record.runner import CaptureFailed, record_workload
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.capture import CaptureFailed
+from sgl_replay.runs.record import record_workload
 from sgl_replay.trace.format import FORMAT_VERSION
 
 
@@ -41,7 +44,7 @@ def lifecycle(body):
 
 def test_chunked_prefill_runs_ceil_len_over_chunk_extends(recorded):
     header, body, end = read(recorded("chunked_prefill"))
-    chunk = header["pools"]["chunked_prefill_size"]
+    chunk = header.pools.chunked_prefill_size
     prompt = 700
     life = lifecycle(body)["long-0"]
     extends = life["extends"]
@@ -52,8 +55,8 @@ def test_chunked_prefill_runs_ceil_len_over_chunk_extends(recorded):
     assert [e["cached"] for e in extends] == [chunk * k for k in range(len(extends))]
     assert life["finish"]["reason"] == "length" and life["finish"]["length"] == 4
     assert life["decodes"] == 3  # the first token comes from the last prefill chunk
-    assert end["complete"] and end["forwards"] == len(forwards(body))
-    assert 0 < end["recorder_seconds"] < end["seconds"]  # the recorder timed its own work
+    assert end.complete and end.forwards == len(forwards(body))
+    assert 0 < end.recorder_seconds < end.seconds  # the recorder timed its own work
 
 
 def test_prefix_reuse_hits_the_radix_cache(recorded):
@@ -123,7 +126,7 @@ def test_pause_in_place_keeps_requests_and_resumes_decoding(recorded):
 
 def test_kv_pressure_forces_retraction(recorded):
     header, body, _ = read(recorded("kv_pressure"))
-    assert header["pools"]["max_total_tokens"] == 1024
+    assert header.pools.max_total_tokens == 1024
     life = lifecycle(body)
     retracted = [rid for rid, row in life.items() if row["retracted"]]
     assert retracted
@@ -144,7 +147,7 @@ def test_priority_lets_the_high_priority_request_overtake(recorded):
 
 def test_running_cap_never_runs_more_than_two(recorded):
     header, body, _ = read(recorded("running_cap"))
-    cap = header["pools"]["max_running_requests"]
+    cap = header.pools.max_running_requests
     assert cap == 2
     assert max(len(b.reqs) for b in forwards(body)) == cap
     assert max(rec.state.running for rec in body if rec.state is not None) <= cap
@@ -162,52 +165,53 @@ def test_flush_between_waves_empties_the_cache(recorded):
 @pytest.mark.parametrize("name", ["concurrent_decode", "kv_pressure"])
 def test_recording_twice_gives_identical_bodies(engines, recorded, tmp_path, name):
     again = str(tmp_path / "again.sglt")
-    record_workload(engines.get(builtin_config(name)), {"kind": "builtin", "name": name}, again)
+    record_workload(engines.get(builtin_config(name)), parse_workload(name), again)
     _, first, end1 = read(recorded(name))
     _, second, end2 = read(again)
     assert first == second
     for timing in ("seconds", "recorder_seconds"):  # the things that differ between runs
-        assert end1.pop(timing) > 0 and end2.pop(timing) > 0
-    assert end1 == end2
+        assert getattr(end1, timing) > 0 and getattr(end2, timing) > 0
+    untimed = {"seconds": None, "recorder_seconds": None}
+    assert msgspec.structs.replace(end1, **untimed) == msgspec.structs.replace(end2, **untimed)
 
 
 def test_header_says_how_to_rebuild_the_engine(recorded):
     header, _, _ = read(recorded("kv_pressure"))
-    assert header["format"] == FORMAT_VERSION
-    assert header["versions"]["sglang"] == "0.5.23"
-    assert header["device"]["type"] == "cpu"
-    assert header["engine_args"]["max_total_tokens"] == 1024
-    assert header["server_args"]["max_total_tokens"] == 1024
-    assert header["env"]["SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE"] == "1"
-    assert header["resolved"]["sampling_backend"] == "token_oracle"
-    assert header["model"]["config"]["architectures"] == ["GPT2LMHeadModel"]
-    assert header["workload"]["name"] == "kv_pressure"
+    assert header.format == FORMAT_VERSION
+    assert header.versions.sglang == "0.5.23"
+    assert header.device.type == "cpu"
+    assert header.engine_args["max_total_tokens"] == 1024
+    assert header.server_args["max_total_tokens"] == 1024
+    assert header.env["SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE"] == "1"
+    assert header.resolved.sampling_backend == "token_oracle"
+    assert header.model.config["architectures"] == ["GPT2LMHeadModel"]
+    assert header.workload.name == "kv_pressure"
 
 
 def test_a_script_that_raises_leaves_a_sealed_incomplete_trace(engines, tmp_path):
     out = str(tmp_path / "doomed.sglt")
     with pytest.raises(CaptureFailed, match="the workload script gave up") as info:
         record_workload(engines.get(EngineConfig.embedded()),
-                        {"kind": "script", "name": "scripts:raises_after_two_iterations"}, out)
+                        parse_workload("scripts:raises_after_two_iterations"), out)
     assert info.value.trace == out
     _, body, end = read(out)
-    assert not end["complete"] and "ValueError" in end["reason"]
+    assert not end.complete and "ValueError" in end.reason
     assert body[0].inputs[0]["rid"] == "doomed-0"
     # the engine survives a failed script
-    record_workload(engines.get(EngineConfig.embedded()), {"kind": "builtin", "name": "chunked_prefill"},
+    record_workload(engines.get(EngineConfig.embedded()), parse_workload("chunked_prefill"),
                     str(tmp_path / "after.sglt"))
 
 
 def test_recording_without_the_hook_fails_loudly(tmp_path):
     """sglang only logs a hook that fails to apply; the recorder must notice.
     Here sglang's plugin whitelist keeps sgl-replay's plugin out."""
-    from sgl_replay.engine import Engine
+    from sgl_replay.runs.engine import Engine
 
     config = EngineConfig.embedded(env={"SGLANG_PLUGINS": "nothing-here"})
     out = tmp_path / "empty.sglt"
     with Engine.start(config) as engine:
         with pytest.raises(CaptureFailed, match="recorder is not installed"):
-            record_workload(engine, {"kind": "builtin", "name": "chunked_prefill"}, str(out))
+            record_workload(engine, parse_workload("chunked_prefill"), str(out))
     assert not out.exists() and not (tmp_path / "empty.sglt.partial").exists()
 
 
@@ -218,9 +222,9 @@ def test_plugin_is_inert_in_a_plain_scripted_runtime_engine(recorded, tmp_path, 
     import psutil
 
     from sglang.test.scripted_runtime.http_server import ScriptedHttpServer
-    from sgl_replay.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
 
-    from sgl_replay.engine import DEFAULT_ENGINE_ENV
+    from sgl_replay.runs.engine import DEFAULT_ENGINE_ENV
 
     for key, value in DEFAULT_ENGINE_ENV.items():
         monkeypatch.setenv(key, value)
@@ -242,3 +246,18 @@ def test_plugin_is_inert_in_a_plain_scripted_runtime_engine(recorded, tmp_path, 
     rids = rid_table(body)
     ours = [[b.mode, [rids[n] for n in b.reqs]] for b in forwards(body)]
     assert facts["batches"] == ours
+
+
+def test_credentials_are_written_redacted():
+    """Every ServerArgs field of sglang 0.5.23 that carries a credential, and
+    URLs with a user or password, are written as <redacted>."""
+    from sglang.srt.server_args import ServerArgs
+
+    from sgl_replay.job import REDACTED
+    from sgl_replay.scheduler.header import _field_names, redact
+
+    secrets = {name for name in _field_names(ServerArgs) if redact(name, "value") == REDACTED}
+    assert secrets == {"api_key", "admin_api_key", "ssl_keyfile_password", "watermark_key", "watermark_key_b"}
+    assert redact("hicache_storage_backend_extra_config", "redis://user:pw@host:6379") == REDACTED
+    assert redact("model_path", "https://host/models/x") == "https://host/models/x"
+    assert redact("api_key", None) is None  # nothing set, nothing to hide

@@ -8,21 +8,17 @@ import pytest
 
 from clients import irregular_arrivals
 from conftest import TESTS, forwards, read, rid_table
-from sgl_replay.diff.compare import Options, diff
+from sgl_replay.diff import Options, diff
 from sgl_replay.diff.report import text_lines
-from sgl_replay.record.runner import record_workload
-from sgl_replay.record.workloads import BUILTIN
-from sgl_replay.replay.runner import engine_config_for, replay_trace
+from sgl_replay.runs.check import Outcome, check
+from sgl_replay.runs.record import record_workload
+from sgl_replay.runs.replay import replay_trace
+from sgl_replay.scheduler.workloads import BUILTIN
+from sgl_replay.scheduler.workloads import parse as parse_workload
 from sgl_replay.trace import FORMAT_VERSION, TraceReader
 from sgl_replay.trace.format import Iteration
 
 FIDELITY_RUNS = 5
-
-
-def replay_on(engines, trace: str, out: str, **overrides):
-    with TraceReader(trace) as r:
-        config = engine_config_for(r.header, engine_args=overrides or None)
-    return replay_trace(engines.get(config), trace, out)
 
 
 def compare(a: str, b: str, **options):
@@ -34,13 +30,11 @@ def compare(a: str, b: str, **options):
 # so no replay waits out sglang's 2 s stream-abort window of the last one.
 @pytest.mark.parametrize("run,name", [(run, name) for run in range(FIDELITY_RUNS) for name in BUILTIN],
                          ids=lambda v: str(v))
-def test_every_builtin_replays_with_zero_divergence_five_times(engines, recorded, tmp_path, run, name):
+def test_every_builtin_replays_with_zero_divergence_five_times(engines, recorded, run, name):
     trace = recorded(name)
-    observed = str(tmp_path / "observed.sglt")
-    replay_on(engines, trace, observed)
-    result = compare(trace, observed, level="full")
-    assert result.verdict == "same", f"run {run}:\n" + "\n".join(text_lines(result))
-    assert result.forwards_compared == len(forwards(read(trace)[1]))
+    verdict = check(trace, pool=engines, options=Options(level="full"))
+    assert verdict.outcome is Outcome.SAME, f"run {run}:\n" + "\n".join(verdict.lines(trace, "replay"))
+    assert verdict.result.forwards_compared == len(forwards(read(trace)[1]))
 
 
 def test_a_format_1_trace_still_replays(engines, tmp_path):
@@ -48,12 +42,11 @@ def test_a_format_1_trace_still_replays(engines, tmp_path):
     requests); format 2 leaves repeats out. The reader fills them in."""
     legacy = str(TESTS / "data" / "kv_pressure.v1.sglt")
     header, body, _ = read(legacy)
-    assert header["format"] == 1 and all(b.reqs is not None for b in forwards(body))
+    assert header.format == 1 and all(b.reqs is not None for b in forwards(body))
     observed = str(tmp_path / "observed.sglt")
-    replay_on(engines, legacy, observed)
-    assert read(observed)[0]["format"] == FORMAT_VERSION
-    result = compare(legacy, observed)
-    assert result.verdict == "same", "\n".join(text_lines(result))
+    verdict = check(legacy, pool=engines, observed=observed)
+    assert read(observed)[0].format == FORMAT_VERSION
+    assert verdict.outcome is Outcome.SAME, "\n".join(verdict.lines(legacy, observed))
 
 
 # ------------------------------------------------------------ test-only plugin
@@ -119,15 +112,13 @@ def first_over_cap(body: list[Iteration], cap: int) -> int:
 @pytest.mark.parametrize("knob,value,expect", [
     ("max_running_requests", 8, first_over_cap),
 ])
-def test_changed_knob_is_reported_at_the_right_first_iteration(
-        engines, recorded, tmp_path, knob, value, expect):
+def test_changed_knob_is_reported_at_the_right_first_iteration(engines, recorded, knob, value, expect):
     trace = recorded("concurrent_decode")
-    observed = str(tmp_path / "observed.sglt")
-    replay_on(engines, trace, observed, **{knob: value})
     # composition: what ran when (a smaller max_running_requests also shrinks
     # the request pool, which `full` reports from iteration 0 on)
-    result = compare(trace, observed, level="composition")
-    assert result.verdict == "diverged"
+    verdict = check(trace, pool=engines, engine_args={knob: value}, options=Options(level="composition"))
+    result = verdict.result
+    assert verdict.outcome is Outcome.DIVERGED and result.verdict == "diverged"
     assert result.first.iteration == expect(read(trace)[1], value)
     assert any(f"engine arg {knob}" in note for note in result.header_notes)
     # the summary realigns by request: every request still ran, later or earlier
@@ -142,7 +133,7 @@ def served(engines, tweaks, tmp_path_factory):
     mode.write_text("off")
     witness.write_text("")
     out = str(tmp_path_factory.mktemp("serve") / "serve.sglt")
-    record_workload(engines.get(config), {"kind": "serve", "duration_s": 60, "idle_s": 1.0}, out,
+    record_workload(engines.get(config), parse_workload("serve", duration_s=60, idle_s=1.0), out,
                     client=irregular_arrivals)
     return out, witness.read_text().splitlines()
 
@@ -156,7 +147,7 @@ def test_serve_mode_records_the_iteration_the_scheduler_pulled_each_request(serv
     offsets = {seen[rid] - i for rid, i in pulled.items()}
     assert len(offsets) == 1, f"recorded iterations disagree with the scheduler's own count: {offsets}"
     assert len(set(pulled.values())) > 3  # arrivals really were spread out
-    assert end["complete"]
+    assert end.complete
 
 
 def test_serve_recording_replays_with_zero_divergence_five_times(engines, served, tweaks, tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Iterator
+from typing import Any, Iterator
 
 import msgspec
 
-from sgl_replay.diff.compare import DiffResult, Lifecycle
+from sgl_replay.diff.lifecycle import Lifecycle
+from sgl_replay.diff.lockstep import DiffResult
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.text import iteration_lines, names_from
 
@@ -73,12 +74,12 @@ def _values(life) -> tuple:
 
 
 def _lifecycle_table(rows) -> Iterator[str]:
-    headers = ("rid", "side") + Lifecycle.COLUMNS
+    headers = ("rid", "side") + Lifecycle.columns()
     table = []
     for rid, la, lb in rows:
         for side, life in (("A", la), ("B", lb)):
             cells = [rid if side == "A" else "", side]
-            cells += ["-" if v is None else str(v) for v in life.values()] if life else ["absent"] + [""] * (len(Lifecycle.COLUMNS) - 1)
+            cells += ["-" if v is None else str(v) for v in life.values()] if life else ["absent"] + [""] * (len(Lifecycle.columns()) - 1)
             table.append(cells)
     widths = [max(len(h), *(len(r[k]) for r in table)) for k, h in enumerate(headers)]
     yield "  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths))
@@ -87,6 +88,11 @@ def _lifecycle_table(rows) -> Iterator[str]:
 
 
 def to_json(result: DiffResult, label_a: str = "A", label_b: str = "B") -> str:
+    return json.dumps(to_plain(result, label_a, label_b))
+
+
+def to_plain(result: DiffResult, label_a: str = "A", label_b: str = "B") -> dict[str, Any]:
+    """The result as JSON-ready values."""
     data = asdict(result)
     data["a"], data["b"] = label_a, label_b
     data["lifecycles"] = [
@@ -96,7 +102,7 @@ def to_json(result: DiffResult, label_a: str = "A", label_b: str = "B") -> str:
         first = data["first"]
         first.pop("names_a")
         first.pop("names_b")
-    return json.dumps(data, default=_plain)
+    return json.loads(json.dumps(data, default=_plain))
 
 
 def _plain(value):

@@ -1,21 +1,20 @@
-"""Recording, from the side of the process that started the engine.
-
-The scheduler writes the trace to OUT.partial; this side renames it to OUT
-once the script is over, and when the script, the engine or the user stops it
-early, seals the partial trace (every whole frame kept, an end record saying
-why) before renaming it. A trace that was already on disk at OUT is replaced
-only once the new one exists.
+"""A capture (a recording or a replay), from the process that drives the
+engine: it hands the scheduler its Job, the scheduler writes the trace to
+OUT.partial, and this side renames it to OUT once the script is over. When
+the script, the engine or the user stops it early, the partial trace is sealed
+(every whole frame kept, an end record saying why) before it is renamed. A
+trace that was already on disk at OUT is replaced only once the new one exists.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from typing import Callable, Optional
+from typing import Optional
 
-from sgl_replay.engine import Engine, EngineDied, EngineError, ScriptFailed
-from sgl_replay.trace.reader import TraceError
+from sgl_replay.job import Job
+from sgl_replay.runs.engine import Engine, EngineDied, EngineError, ScriptFailed, ScriptTimedOut
+from sgl_replay.trace.format import End, Source, Workload
+from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.trace.writer import seal_incomplete
 
 
@@ -50,28 +49,30 @@ def partial_path(out: str) -> str:
     return os.path.abspath(out) + ".partial"
 
 
-def run_capture(engine: Engine, script: str, job: dict, out: str) -> dict:
-    """Run a capturing script (record or replay) that writes `out`; return the
-    trace's end record."""
+def run_capture(engine: Engine, script: str, out: str, *, source: Source,
+                workload: Optional[Workload] = None, trace: Optional[str] = None,
+                argv: Optional[list[str]] = None, timeout_s: Optional[float] = None) -> End:
+    """Run a capturing script (sgl_replay.job's RECORD_SCRIPT or
+    REPLAY_SCRIPT) that writes `out`; return the trace's end record. A script
+    still running after `timeout_s` is stopped with its engine (the engine
+    cannot be told to drop a script) and what it wrote is sealed."""
     partial = partial_path(out)
     if os.path.exists(partial):
         os.unlink(partial)
-    job = {**job, "path": partial, "engine_args": engine.config.engine_args,
-           "env": engine.config.env, "model_config": engine.config.model_config}
+    job = Job(path=partial, source=source, engine_args=engine.config.engine_args,
+              env=engine.config.env, model_config=engine.config.model_config,
+              workload=workload, trace=trace, argv=argv)
     try:
-        engine.run_script(script, job)
+        engine.run_script(script, job, timeout_s=timeout_s)
+    except ScriptTimedOut:
+        engine.stop()
+        reason = f"deadline passed ({timeout_s:g}s)"
+        raise CaptureFailed(f"stopped: {reason}", _seal(partial, out, reason)) from None
     except ScriptFailed as e:
         raise CaptureFailed(e.args[0], _seal(partial, out, e.args[0])) from e
     except EngineDied:
         kept = _seal(partial, out, "engine died")
-        where = ""
-        if kept is not None:
-            from sgl_replay.trace.reader import TraceReader
-
-            with TraceReader(kept) as r:
-                for _ in r.iterations():
-                    pass
-                where = f" at iteration {r.end['iterations']}"
+        where = f" at iteration {_read_end(kept).iterations}" if kept is not None else ""
         raise EngineDiedDuringCapture(f"engine died{where}: {engine.last_error_line()}", kept) from None
     except EngineError:
         raise
@@ -80,12 +81,14 @@ def run_capture(engine: Engine, script: str, job: dict, out: str) -> dict:
         _seal(partial, out, "interrupted")
         raise
     os.replace(partial, out)
-    from sgl_replay.trace.reader import TraceReader
+    return _read_end(out)
 
-    with TraceReader(out) as r:
-        for _ in r.iterations():
+
+def _read_end(path: str) -> End:
+    with TraceReader(path) as reader:
+        for _ in reader.iterations():
             pass
-        return r.end
+        return reader.end
 
 
 def _seal(partial: str, out: str, reason: str) -> Optional[str]:
@@ -99,38 +102,3 @@ def _seal(partial: str, out: str, reason: str) -> Optional[str]:
     os.replace(partial, out)
     return out
 
-
-CLIENT_START_TIMEOUT_S = 60.0
-
-
-def record_workload(engine: Engine, workload: dict, out: str, *, argv=None,
-                    client: Optional[Callable[[str], None]] = None) -> dict:
-    """Record `workload` on `engine` into `out`. For a serve workload,
-    `client(base_url)` runs in a thread once the recording has started (the
-    trace file exists) and sends whatever HTTP traffic it likes."""
-    job = {"workload": workload, "source": {"kind": "record"}, "argv": argv}
-    if client is None:
-        return run_capture(engine, "sgl_replay.record.session:record", job, out)
-    failures: list[BaseException] = []
-    partial = partial_path(out)
-
-    def run_client() -> None:
-        deadline = time.monotonic() + CLIENT_START_TIMEOUT_S
-        while not os.path.exists(partial) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        try:
-            client(engine.base_url)
-        except BaseException as e:  # noqa: BLE001 — reported after the recording
-            failures.append(e)
-
-    thread = threading.Thread(target=run_client, name="sgl-replay-client", daemon=True)
-    if os.path.exists(partial):
-        os.unlink(partial)
-    thread.start()
-    try:
-        end = run_capture(engine, "sgl_replay.record.session:record", job, out)
-    finally:
-        thread.join(timeout=CLIENT_START_TIMEOUT_S)
-    if failures:
-        raise CaptureFailed(f"client failed: {failures[0]!r}", out) from failures[0]
-    return end

@@ -1,4 +1,5 @@
-"""Start and stop the real SGLang engine in scripted-runtime mode.
+"""Start and stop the real SGLang engine in scripted-runtime mode, from the
+process that drives it.
 
 The engine is sglang's own HTTP server with SGLANG_TEST_SCRIPTED_RUNTIME set:
 its scheduler runs one loop iteration per `yield` of a script that the
@@ -7,8 +8,9 @@ in a session of its own (a terminal's Ctrl-C reaches only us), notices a
 death within a poll interval and shows the log's last lines, and stops the
 whole process tree in about a second (upstream's shutdown waits 60 s).
 
-The parent never imports sglang: a CLI that records or replays stays quick to
-start, and the pickled harness messages are built by the child-side import.
+The parent imports sglang only for the harness's message classes
+(`run_script`, `stop`), not at start: a CLI that reads traces stays quick.
+`python -m sgl_replay.runs.engine SPEC` is the engine's own main process.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from sgl_replay.job import ACTIVE_ENV
 
 ENGINE_READY_TIMEOUT_S = 300.0  # start-up plus sglang's warmup request
 POLL_INTERVAL_S = 0.2  # how often a wait checks that the engine is alive
@@ -62,8 +67,8 @@ EMBEDDED_MODEL_CONFIG: dict[str, Any] = {
     "torch_dtype": "float32",
 }
 
-# What the embedded CPU engine needs (see ENGINE-CPU.md); every key can be
-# overridden with --engine-arg. max_total_tokens pins the KV pool so that
+# What the embedded CPU engine needs (README, "Facts about sglang 0.5.23");
+# every key can be overridden with --engine-arg. max_total_tokens pins the KV pool so that
 # scheduling does not depend on how much memory the machine has; a small
 # chunked_prefill_size makes chunked prefill visible on short prompts.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
@@ -90,10 +95,15 @@ DEFAULT_ENGINE_ENV: dict[str, str] = {
     "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python",
 }
 
-# Set in the engine's environment so that the sgl-replay plugin, loaded by every
-# sglang process on the machine, acts only in engines that sgl-replay started.
-# (Not SGL_*: sglang renames that prefix to SGLANG_* with a warning.)
-ACTIVE_ENV = "SGLREPLAY_ACTIVE"
+# What a device needs to run at all; a --device override brings its own.
+DEVICE_ARGS: dict[str, dict[str, Any]] = {
+    "cpu": {"device": "cpu", "attention_backend": "torch_native", "disable_cuda_graph": True},
+    "cuda": {"device": "cuda", "attention_backend": "triton"},
+}
+
+
+def device_args(device: str) -> dict[str, Any]:
+    return dict(DEVICE_ARGS.get(device, {"device": device}))
 
 
 class EngineError(Exception):
@@ -119,6 +129,10 @@ class _DiedSilently(EngineError):
 
 class EngineDied(EngineError):
     exit_code = 1
+
+
+class ScriptTimedOut(EngineError):
+    """The script did not finish within its deadline; it is still running."""
 
 
 class ScriptFailed(Exception):
@@ -162,17 +176,94 @@ class EngineConfig:
 
 def write_model_dir(config: dict[str, Any]) -> str:
     """A directory holding only config.json; its name is the content's hash, so
-    the same config always lands in the same place."""
+    the same config always lands in the same place. It lives in a cache of
+    this user's own (0700, ownership checked): the engine loads what is there."""
     blob = json.dumps(config, sort_keys=True, indent=1)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    root = Path(os.environ.get("SGLREPLAY_CACHE", Path(tempfile.gettempdir()) / "sgl-replay"))
-    path = root / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
+    path = _private_dir(cache_root()) / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
     if not (path / "config.json").exists():
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f"config.json.{os.getpid()}"
-        tmp.write_text(blob)
-        tmp.replace(path / "config.json")
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # an exclusive new file, then a rename: no name another process could plant
+        fd, tmp = tempfile.mkstemp(dir=path, prefix="config.json.")
+        with os.fdopen(fd, "w") as f:
+            f.write(blob)
+        os.replace(tmp, path / "config.json")
+    for name, text in _tokenizer_files(config).items():
+        if not (path / name).exists():
+            fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{name}.")
+            with os.fdopen(fd, "w") as f:
+                f.write(text())
+            os.replace(tmp, path / name)
     return str(path)
+
+
+def _tokenizer_files(config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer for the embedded model (tokenizer.json and
+    tokenizer_config.json beside config.json), written without a download,
+    so that a plain server of it takes text and sglang's bench_serving can
+    drive it: one word per token id ("<unk>" 0, "<s>" 1, "</s>" 2, then "t3"
+    ...), split on whitespace, decoded joined by spaces. Every id decodes to
+    text that encodes back to it; nothing is added around a prompt."""
+    vocab_size = int(config.get("vocab_size", EMBEDDED_MODEL_CONFIG["vocab_size"]))
+    specials = ["<unk>", "<s>", "</s>"]
+
+    def tokenizer_json() -> str:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {word: i for i, word in enumerate(specials)}
+        vocab.update({f"t{i}": i for i in range(len(specials), vocab_size)})
+        tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+        tokenizer.add_special_tokens(specials)
+        return tokenizer.to_str()
+
+    def tokenizer_config() -> str:
+        return json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                           "eos_token": "</s>", "unk_token": "<unk>",
+                           "model_max_length": int(config.get("n_positions", 4096)),
+                           "clean_up_tokenization_spaces": False}, indent=1)
+
+    return {"tokenizer.json": tokenizer_json, "tokenizer_config.json": tokenizer_config}
+
+
+def embedded_config_for(model) -> dict[str, Any]:
+    """config.json of the embedded model for replaying a trace whose header
+    has `model` (sgl_replay.trace.format.Model): the recorded config when the
+    trace ran on the embedded model; for a capture of another model, the
+    embedded architecture with the recorded vocabulary size (every recorded
+    token id valid), context length (every position valid) and EOS ids (the
+    recorded EOS finishes happen again)."""
+    if model.config is not None:
+        return dict(model.config)
+    config = dict(EMBEDDED_MODEL_CONFIG)
+    if model.vocab_size:
+        config["vocab_size"] = int(model.vocab_size)
+    if model.context_length:
+        config["n_positions"] = config["n_ctx"] = int(model.context_length)
+    eos = getattr(model, "eos_token_ids", None)
+    if eos:
+        config["eos_token_id"] = int(eos[0]) if len(eos) == 1 else [int(i) for i in eos]
+    return config
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SGLREPLAY_CACHE") or Path(tempfile.gettempdir()) / f"sgl-replay-{os.getuid()}")
+
+
+def _private_dir(path: Path) -> Path:
+    """`path`, created 0700 if missing; refused unless it is a directory of
+    this user's that nobody else can write to."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise EngineError(f"{path} is not a private directory of this user (owner, mode or a link); "
+                          f"remove it or set SGLREPLAY_CACHE")
+    return path
+
+
+# A unix socket's path must fit in sockaddr_un (108 bytes on Linux).
+_SOCKET_PATH_MAX = 100
 
 
 def _free_port() -> int:
@@ -187,6 +278,7 @@ class Engine:
     def __init__(self, config: EngineConfig, process: subprocess.Popen, log_path: Path,
                  work_dir: Path, zmq_ctx, sock, http_port: int) -> None:
         self.config = config
+        self._control_dir: Optional[Path] = None  # the socket's own directory, when the work dir's path is too long
         self._process = process
         self.log_path = log_path
         self._work_dir = work_dir
@@ -219,12 +311,20 @@ class Engine:
     def _launch(cls, config: EngineConfig, timeout_s: float, extra_sys_path: tuple[str, ...]) -> "Engine":
         import zmq
 
-        work_dir = Path(tempfile.mkdtemp(prefix="sgl-replay-engine-"))
+        work_dir = Path(tempfile.mkdtemp(prefix="sgl-replay-engine-"))  # 0700
         log_path = work_dir / "engine.log"
+        # The control channel (pickled harness messages) is a unix socket in
+        # a 0700 directory: only this user can connect, so what arrives there
+        # comes from the engine we started. A TCP port was open to every local
+        # user during the ~25 s start-up.
+        control_dir = work_dir
+        if len(str(work_dir / "control")) > _SOCKET_PATH_MAX:
+            control_dir = Path(tempfile.mkdtemp(prefix="sglr-", dir="/tmp"))
+        control = f"ipc://{control_dir / 'control'}"
         zmq_ctx = zmq.Context()
         sock = zmq_ctx.socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 0)
-        dispatch_port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sock.bind(control)
         http_port = _free_port()
 
         launch = config.launch_args()
@@ -238,7 +338,7 @@ class Engine:
         env.update({
             ACTIVE_ENV: "1",
             "SGLANG_TEST_SCRIPTED_RUNTIME": "1",
-            "SGLANG_TEST_SCRIPTED_RUNTIME_IPC_ADDR": f"tcp://127.0.0.1:{dispatch_port}",
+            "SGLANG_TEST_SCRIPTED_RUNTIME_IPC_ADDR": control,
             "SGLANG_TEST_SCRIPTED_RUNTIME_OUT_OF_BAND_ERROR_PATH": str(work_dir / "oob.json"),
             "SGLANG_TEST_SCRIPTED_RUNTIME_SYS_PATH_ENTRY": os.getcwd(),
             # uvicorn drops idle keep-alive connections after 5 s; a call the
@@ -250,10 +350,12 @@ class Engine:
         })
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "sgl_replay.engine", str(spec_path)],
+                [sys.executable, "-m", "sgl_replay.runs.engine", str(spec_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True, cwd=os.getcwd())
         engine = cls(config, process, log_path, work_dir, zmq_ctx, sock, http_port)
+        if control_dir != work_dir:
+            engine._control_dir = control_dir
         try:
             engine._await_ready(timeout_s)
         except BaseException as e:
@@ -372,7 +474,7 @@ class Engine:
         while not self._sock.poll(int(POLL_INTERVAL_S * 1000)):
             self._check_alive(f"at script {fn_path}", died=EngineDied)
             if deadline is not None and time.monotonic() > deadline:
-                raise EngineError(f"script {fn_path} did not finish within {timeout_s:.0f}s")
+                raise ScriptTimedOut(f"script {fn_path} did not finish within {timeout_s:g}s")
         reply = self._sock.recv_pyobj()
         name = type(reply).__name__
         if name == "ScriptFailed":
@@ -407,6 +509,8 @@ class Engine:
             self._zmq_ctx.term()
             if not self._keep_work_dir:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
+            if self._control_dir is not None:
+                shutil.rmtree(self._control_dir, ignore_errors=True)
 
     def _kill_tree(self, grace_s: float) -> None:
         import psutil

@@ -29,16 +29,14 @@ import traceback
 from array import array
 from typing import Any, Generator, Optional
 
-from sgl_replay.record import inputs as input_codec
-from sgl_replay.trace.format import ITER
-from sgl_replay.trace.writer import TraceWriter, end_record
+from sgl_replay.scheduler import inputs as input_codec
+from sgl_replay.trace.format import ITER, End, Header, pack_ids
+from sgl_replay.trace.writer import TraceWriter
 
 logger = logging.getLogger(__name__)
 
 # The probe installed in this scheduler process (driver rank only), or None.
 PROBE: Optional["Probe"] = None
-
-
 
 # sglang's HTTP server, 2 s after a streamed /generate response ends, aborts
 # that rid if it is in use again (its client-disconnect check). A capture that
@@ -166,14 +164,14 @@ class Probe:
         for rid in rids:
             self.recent[rid] = now
 
-    def start(self, path: str, header: dict) -> "Recording":
+    def start(self, path: str, header: Header) -> "Recording":
         assert self.recording is None, "a recording is already active"
         self.failure = None
         self.own_seconds = 0.0
         self.recording = Recording(self.scheduler, path, header)
         return self.recording
 
-    def stop(self, *, complete: bool, reason: Optional[str] = None) -> dict:
+    def stop(self, *, complete: bool, reason: Optional[str] = None) -> End:
         rec, self.recording = self.recording, None
         if self.failure is not None:
             complete, reason = False, f"recorder failed: {self.failure.strip().splitlines()[-1]}"
@@ -197,14 +195,19 @@ class Probe:
             self.own_seconds += time.perf_counter() - started
         except Exception:  # noqa: BLE001 — never raise into the scheduler loop
             self.failure = traceback.format_exc()
-            logger.error("sgl-replay recorder failed; recording stops:\n%s", self.failure)
             rec, self.recording = self.recording, None
-            if rec is not None:
-                try:
-                    rec.close(complete=False, reason="recorder failed")
-                except Exception:  # noqa: BLE001
-                    pass
-            self.recording = _FailedRecording(rec)
+            self.failed(rec)
+
+    def failed(self, rec: Optional["Recording"]) -> None:
+        """The recording `rec` raised (self.failure): close it as incomplete.
+        A script's stop() then reports the failure."""
+        logger.error("sgl-replay recorder failed; recording stops:\n%s", self.failure)
+        if rec is not None:
+            try:
+                rec.close(complete=False, reason="recorder failed")
+            except Exception:  # noqa: BLE001
+                pass
+        self.recording = _FailedRecording(rec)
 
 
 class _FailedRecording:
@@ -226,8 +229,11 @@ class _FailedRecording:
     def on_input(self, obj) -> None:
         pass
 
-    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: float = 0.0) -> dict:
-        return {}
+    def on_idle(self) -> None:
+        pass
+
+    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: float = 0.0) -> None:
+        return None
 
 
 class Recording:
@@ -239,8 +245,15 @@ class Recording:
     and list comparisons, with no Python-level branch per request
     (tools/bench/recorder_micro.py measures it)."""
 
-    def __init__(self, scheduler, path: str, header: dict) -> None:
+    def __init__(self, scheduler, path: str, header: Header, *, capture: bool = False) -> None:
         self.scheduler = scheduler
+        # A capture of a plain server (scheduler/capture.py) also writes the
+        # output token ids of finished requests and numbers a run of idle
+        # iterations as one (its loop spins when idle); nothing else differs.
+        self.capture = capture
+        self._outputs: list = []
+        self._idle = False  # this iteration ran no batch and processed no result
+        self._idle_run = False  # ... and so did the one before it
         self.writer = TraceWriter(path, header)
         self.path = path
         self.next_i = 0  # number of the next iteration to open
@@ -265,11 +278,19 @@ class Recording:
         self._inputs: list = []
         self._batches: list = []
         self._saw_abort = False
+        # (forwards, requests) as far as the trace holds them: a recording
+        # that fails mid-iteration ends with counts its records agree with
+        self._written = (0, 0)
 
     # -- the loop's calls ------------------------------------------------
     def begin_iteration(self) -> None:
         self.i = self.next_i
         self.next_i += 1
+
+    def on_idle(self) -> None:
+        """A capture: the loop found nothing to run and no result to process
+        in this iteration (sglang's on_idle, or a paused engine)."""
+        self._idle = True
 
     def on_input(self, obj: Any) -> None:
         for item in input_codec.from_pulled(obj):
@@ -339,6 +360,7 @@ class Recording:
         if self._saw_abort or (self.pending and self._inputs):
             done += self._vanished()
         if self._inputs or self._batches or done or retracted or state != self.last_state:
+            self._idle_run = False
             record = {"t": ITER, "i": self.i}
             if self._inputs:
                 record["inputs"] = self._inputs
@@ -352,8 +374,20 @@ class Recording:
                 record["finished"] = done
             if retracted:
                 record["retracted"] = retracted
+            if self._outputs:
+                record["outputs"] = self._outputs
+                self._outputs = []
             self.writer.write(record)
+            self._written = (self.forwards, self.requests)
             self.last_state = state
+        elif self.capture:
+            if not self._idle:
+                self._idle_run = False
+            elif self._idle_run:
+                self.next_i -= 1  # the same idle stretch: no number of its own
+            else:
+                self._idle_run = True
+        self._idle = False
         self._saw_abort = False
         self.writer.flush_if_due(time.monotonic())
 
@@ -364,10 +398,11 @@ class Recording:
         self._live_unfinished = [None] * len(self._live_reqs)
         self._live_retractions = [r.retraction_count for r in self._live_reqs]
 
-    @staticmethod
-    def _finish(n: int, r) -> list:
+    def _finish(self, n: int, r) -> list:
         reason = r.finished_reason
         name = reason.to_json().get("type", type(reason).__name__) if reason is not None else "abort"
+        if self.capture:
+            self._outputs.append([n, pack_ids(r.output_ids)])
         return [n, name, len(r.output_ids), _hash_ids(r.output_ids)]
 
     def _vanished(self) -> list:
@@ -395,11 +430,11 @@ class Recording:
             self._relive()
         return gone
 
-    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None) -> dict:
-        end = end_record(complete=complete, reason=reason, iterations=self.next_i,
-                         forwards=self.forwards, requests=self.requests,
-                         seconds=round(time.monotonic() - self.started, 6),
-                         recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6))
+    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None) -> End:
+        forwards, requests = self._written
+        end = End(complete=complete, reason=reason, iterations=self.next_i, forwards=forwards,
+                  requests=requests, seconds=round(time.monotonic() - self.started, 6),
+                  recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6))
         self.writer.close(end)
         return end
 

@@ -1,11 +1,16 @@
-"""The replay script, inside the scheduler: feed a trace's inputs back at the
-iterations they were pulled, while the recorder writes what happens now.
+"""The scripts sgl-replay runs inside the scheduler process, one loop
+iteration per `yield` (sglang's scripted runtime drives them):
 
-Each input goes through the real path: an HTTP call to the engine's own
-server, which the tokenizer manager turns into the object the scheduler pulls
-(as the harness's start_req and abort do). The script waits until the object
-sits in the recv proxy before it yields, so the scheduler pulls it in the same
-iteration as in the recording, and in the same order.
+    record   checks the recorder is really in the loop, opens the trace, drives
+             the workload to its end and closes the trace, complete or not;
+    replay   feeds a trace's inputs back at the iterations they were pulled,
+             while the recorder writes what happens now.
+
+A replay feeds each input through the real path: an HTTP call to the engine's
+own server, which the tokenizer manager turns into the object the scheduler
+pulls (as the harness's start_req and abort do). The script waits until the
+object sits in the recv proxy before it yields, so the scheduler pulls it in
+the same iteration as in the recording, and in the same order.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import time
 from concurrent.futures import Future
 from typing import Generator, Optional
 
-from sgl_replay.record import inputs as input_codec
-from sgl_replay.record.recorder import active_probe
-from sgl_replay.record.session import build_header
+import msgspec
+
+from sgl_replay.job import Job
+from sgl_replay.scheduler import inputs as input_codec
+from sgl_replay.scheduler import oracle, workloads
+from sgl_replay.scheduler.header import build_header
+from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
 from sgl_replay.trace.reader import TraceReader
 
@@ -86,25 +95,36 @@ def _shared_poster() -> Poster:
     return _poster
 
 
-def replay(ctx, job: dict) -> Generator:
+def record(ctx, job: Job) -> Generator:
+    probe = active_probe(ctx.scheduler)
+    workload = workloads.generator(ctx, job.workload)
+    yield from probe.settle()
+    probe.start(job.path, build_header(ctx.scheduler, job))
+    try:
+        yield from workload
+    except Exception as e:
+        probe.stop(complete=False, reason=f"workload raised {type(e).__name__}: {e}")
+        raise
+    probe.stop(complete=True)
+
+
+def replay(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
     poster = _shared_poster()
-    with TraceReader(job["trace"]) as recorded:
-        rids = {x["rid"] for record in recorded.iterations() for x in record.inputs
-                if x["type"] == "generate"}
+    rids, forced = _read_rids_and_outputs(job.trace)
     yield from probe.settle(rids)
-    with TraceReader(job["trace"]) as recorded:
-        job = {**job, "workload": recorded.header.get("workload")}
-        probe.start(job["path"], build_header(ctx.scheduler, job))
+    with TraceReader(job.trace) as recorded, oracle.use(forced):
+        job = msgspec.structs.replace(job, workload=recorded.header.workload)
+        probe.start(job.path, build_header(ctx.scheduler, job))
         try:
             for record in recorded.iterations():
                 while probe.recording.next_i < record.i:
                     yield
                 for item in record.inputs:
                     _feed(probe, poster, base_url, item)
-            while probe.recording.next_i < recorded.end["iterations"]:
+            while probe.recording.next_i < recorded.end.iterations:
                 yield
         except Exception as e:
             probe.stop(complete=False, reason=f"replay stopped: {type(e).__name__}: {e}")
@@ -114,6 +134,23 @@ def replay(ctx, job: dict) -> Generator:
     while poster.pending and time.monotonic() < deadline:
         yield
     probe.mark_traffic_end(rids)
+
+
+def _read_rids_and_outputs(trace: str) -> tuple[set, dict]:
+    """The rids a trace's generate inputs use, and the output tokens its
+    replay must force (a capture of a plain server records them)."""
+    rids: set = set()
+    prompts: dict[int, tuple[str, int]] = {}  # req -> (rid, prompt length)
+    outputs: list = []
+    with TraceReader(trace) as recorded:
+        for record in recorded.iterations():
+            for x in record.inputs:
+                if x["type"] == "generate":
+                    rids.add(x["rid"])
+                    ids = x.get("input_ids")
+                    prompts[len(prompts)] = (x["rid"], len(ids) // 4 if ids is not None else 0)
+            outputs.extend(getattr(record, "outputs", ()))
+    return rids, oracle.table_of(outputs, prompts) if outputs else {}
 
 
 def _feed(probe, poster, base_url: str, item: dict) -> None:

@@ -1,9 +1,14 @@
-"""Built-in workloads: scripted-runtime scripts, each a generator that takes
-sglang's ScriptedContext and yields once per scheduler loop iteration, exactly
-like the scripts of SGLang's own scripted tests. They run inside the scheduler
+"""Workloads: scripted-runtime scripts, each a generator that takes sglang's
+ScriptedContext and yields once per scheduler loop iteration, exactly like the
+scripts of SGLang's own scripted tests. They run inside the scheduler
 process; a recording captures what they made the scheduler pull.
 
-Each workload carries the engine arguments its shape needs (a small chunk
+A workload is named by a spec: a built-in name, `serve` (HTTP traffic from any
+client), or `module:function` (a user's script). `parse` is the one reader of
+that spec; the parent side calls it to fill the trace header's Workload,
+`generator` turns that Workload into the running script here.
+
+Each built-in carries the engine arguments its shape needs (a small chunk
 size, a small KV pool...); arguments given on the command line win.
 
 This module imports nothing of sglang, so the CLI can list workloads quickly.
@@ -11,9 +16,12 @@ This module imports nothing of sglang, so the CLI can list workloads quickly.
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Generator
+from typing import Any, Callable, Generator, Optional
+
+from sgl_replay.trace.format import Workload as WorkloadSpec
 
 DRAIN_MAX_ITERS = 100_000  # a workload that never drains is a bug, not a wait
 
@@ -197,3 +205,48 @@ def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> 
             return
         if idle_s is not None and last_busy is not None and now - last_busy >= idle_s:
             return
+
+
+# ------------------------------------------------------------------ specs
+def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[float] = None,
+          description: Optional[str] = None) -> WorkloadSpec:
+    """The Workload a spec names; ValueError (a one-line message) when it
+    names none, or when serve's limits are missing or given to another kind."""
+    if spec == "serve":
+        if duration_s is None and idle_s is None:
+            raise ValueError("serve needs a duration and/or an idle timeout")
+        return WorkloadSpec(kind="serve", duration_s=duration_s, idle_s=idle_s, description=description)
+    if duration_s is not None or idle_s is not None:
+        raise ValueError("a duration and an idle timeout apply to `serve` only")
+    if spec in BUILTIN:
+        return WorkloadSpec(kind="builtin", name=spec, description=description or BUILTIN[spec].description)
+    module, sep, attr = spec.partition(":")
+    if sep and module and attr:
+        return WorkloadSpec(kind="script", name=spec, description=description)
+    raise ValueError(f"unknown workload {spec!r}; built-in workloads: {', '.join(BUILTIN)}; "
+                     f"or `serve`, or module:function")
+
+
+def engine_args_of(workload: WorkloadSpec) -> dict:
+    """The engine arguments a built-in's shape needs (none for the others)."""
+    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" else {}
+
+
+def resolve(dotted: str) -> Any:
+    """`module:attr.attr` to the object it names (scripts, serve clients)."""
+    module, _, attr = dotted.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def generator(ctx, workload: WorkloadSpec) -> Generator:
+    """The running script for `workload`, inside the scheduler."""
+    if workload.kind == "builtin":
+        return BUILTIN[workload.name].fn(ctx)
+    if workload.kind == "serve":
+        return serve(ctx, duration_s=workload.duration_s, idle_s=workload.idle_s)
+    if workload.kind == "script":
+        return resolve(workload.name)(ctx)
+    raise ValueError(f"unknown workload kind {workload.kind!r}")

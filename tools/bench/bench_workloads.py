@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from sgl_replay.record.workloads import drain
+from sgl_replay.scheduler.workloads import drain
 
 
 def decode_heavy(ctx, n: int = 256):

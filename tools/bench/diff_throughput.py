@@ -21,19 +21,17 @@ import tempfile
 import time
 import tracemalloc
 
-from sgl_replay.diff.compare import diff
-from sgl_replay.trace import FORMAT_VERSION, TraceReader, TraceWriter
+from sgl_replay.diff import diff
+from sgl_replay.trace import TraceReader, TraceWriter
 from sgl_replay.trace.format import pack_ids
-from sgl_replay.trace.writer import end_record
+from sgl_replay.trace.format import Device, End, Header, Model
 
 WIDTH = 64
 REQUESTS = 2000
 
 
 def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) -> None:
-    w = TraceWriter(path, {"t": "header", "format": FORMAT_VERSION, "engine_args": {}, "env": {}, "pools": {},
-                           "model": {"config": {}}, "device": {"type": "cpu"}, "versions": {},
-                           "resolved": {}})
+    w = TraceWriter(path, Header(model=Model(config={}), device=Device(type="cpu")))
     running = list(range(WIDTH))
     nxt = WIDTH
     every = max(1, iterations // (REQUESTS - WIDTH))
@@ -59,7 +57,7 @@ def write_trace(path: str, iterations: int, *, diverge_at: int | None = None) ->
         rec["state"] = {"waiting": waiting, "running": len(running), "kv_free": 50_000 - i % 1000,
                         "req_free": 100}
         w.write(rec)
-    w.close(end_record(complete=True, reason=None, iterations=iterations, forwards=iterations,
+    w.close(End(complete=True, reason=None, iterations=iterations, forwards=iterations,
                        requests=nxt))
 
 

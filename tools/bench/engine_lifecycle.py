@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from sgl_replay.engine import Engine, EngineConfig, EngineError
+from sgl_replay.runs.engine import Engine, EngineConfig, EngineError
 
 
 def main() -> None:

@@ -25,8 +25,10 @@ from pathlib import Path
 import psutil
 
 from diff_throughput import timed_diff  # beside this script
-from sgl_replay.engine import Engine, EngineConfig
-from sgl_replay.record.runner import partial_path, record_workload
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.capture import partial_path
+from sgl_replay.runs.record import record_workload
 
 HERE = Path(__file__).parent
 
@@ -60,25 +62,25 @@ def main() -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
-        end = record_workload(engine, {"kind": "script", "name": "bench_workloads:long_run"}, trace)
+        end = record_workload(engine, parse_workload("bench_workloads:long_run"), trace)
         samples.append((time.monotonic(), scheduler.memory_info().rss))
         stop.set()
         sampler.join()
         seconds = time.monotonic() - started
     start_rss, end_rss = samples[0][1], samples[-1][1]
     max_rss = max(rss for _, rss in samples)
-    print(f"recorded {end['iterations']} iterations, {end['forwards']} forwards, {end['requests']} "
+    print(f"recorded {end.iterations} iterations, {end.forwards} forwards, {end.requests} "
           f"requests in {seconds:.0f}s; scheduler RSS {start_rss / 2**20:.1f} -> {end_rss / 2**20:.1f} MiB "
           f"(max {max_rss / 2**20:.1f}); trace {os.path.getsize(trace) / 2**20:.2f} MiB", file=sys.stderr)
     diff_seconds, peak, verdict = timed_diff(trace, trace)
-    print(f"diff against itself: {verdict}, {end['iterations'] / diff_seconds:,.0f} it/s, "
+    print(f"diff against itself: {verdict}, {end.iterations / diff_seconds:,.0f} it/s, "
           f"peak {peak / 2**20:.2f} MiB", file=sys.stderr)
-    print(json.dumps({"bench": "long_run", "iterations": end["iterations"], "forwards": end["forwards"],
-                      "requests": end["requests"], "record_seconds": round(seconds, 1),
+    print(json.dumps({"bench": "long_run", "iterations": end.iterations, "forwards": end.forwards,
+                      "requests": end.requests, "record_seconds": round(seconds, 1),
                       "trace_bytes": os.path.getsize(trace),
                       "scheduler_rss_start": start_rss, "scheduler_rss_end": end_rss,
                       "scheduler_rss_max": max_rss, "rss_growth_mib": round((end_rss - start_rss) / 2**20, 1),
-                      "diff_verdict": verdict, "diff_it_per_s": round(end["iterations"] / diff_seconds),
+                      "diff_verdict": verdict, "diff_it_per_s": round(end.iterations / diff_seconds),
                       "diff_peak_bytes": peak, "targets": {"rss_growth_mib": 50}}))
 
 

@@ -18,7 +18,8 @@ import time
 from array import array
 from types import SimpleNamespace
 
-from sgl_replay.record.recorder import Recording
+from sgl_replay.scheduler.recorder import Recording
+from sgl_replay.trace.format import Header
 
 
 class FakeMode:
@@ -50,7 +51,7 @@ def main() -> None:
         forward_ct=0, chunked_req=None, waiting_queue=[], running_batch=running, last_batch=None,
         token_to_kv_pool_allocator=FakeAllocator(), req_to_token_pool=FakeAllocator())
     path = os.path.join(tempfile.mkdtemp(), "micro.sglt")
-    rec = Recording(scheduler, path, {"t": "header", "format": 1})
+    rec = Recording(scheduler, path, Header())
     # the requests arrive and prefill once, as in a real run
     for r in reqs:
         rec.on_input(SimpleNamespace(rid=r.rid))  # an unknown type: recorded as "other"

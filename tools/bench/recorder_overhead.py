@@ -25,9 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sgl_replay.engine import Engine, EngineConfig
-from sgl_replay.record.runner import record_workload
-from sgl_replay.replay.runner import DEVICE_ARGS, replay_trace
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.record import record_workload
+from sgl_replay.runs.engine import DEVICE_ARGS
+from sgl_replay.runs.replay import replay_trace
 from sgl_replay.trace import TraceReader
 
 HERE = Path(__file__).parent
@@ -45,7 +47,7 @@ def recorder_share(path: str) -> float:
     with TraceReader(path) as r:
         for _ in r.iterations():
             pass
-        return r.end["recorder_seconds"] / r.end["seconds"]
+        return r.end.recorder_seconds / r.end.seconds
 
 
 def trace_loop_time(path: str) -> float:
@@ -53,7 +55,7 @@ def trace_loop_time(path: str) -> float:
     with TraceReader(path) as r:
         for _ in r.iterations():
             pass
-        return r.end["seconds"] / r.end["iterations"]
+        return r.end.seconds / r.end.iterations
 
 
 def main() -> None:
@@ -77,7 +79,7 @@ def main() -> None:
                     engine.run_script(WORKLOAD)
                     plain.append(last_timing(results))
                 else:
-                    record_workload(engine, {"kind": "script", "name": WORKLOAD}, trace)
+                    record_workload(engine, parse_workload(WORKLOAD), trace)
                     recorded.append(last_timing(results))
             record_vs_plain.append(recorded[-1] / plain[-1])
             shares.append(recorder_share(trace))
@@ -90,7 +92,7 @@ def main() -> None:
                   f"replayed {replayed[-1] * 1e3:.2f}", file=sys.stderr)
         device = engine.config.engine_args.get("device")
         with TraceReader(trace) as r:
-            device_name = r.header["device"].get("name")
+            device_name = r.header.device.name
     figures = {
         "device": device, "device_name": device_name, "rounds": args.rounds,
         "plain_ms_per_iter": round(statistics.median(plain) * 1e3, 3),

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import requests
 
-from sgl_replay.engine import Engine, EngineConfig
-from sgl_replay.record.runner import record_workload
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.record import record_workload
 from sgl_replay.trace import TraceReader
 
 REQUESTS = 64
@@ -37,7 +38,7 @@ def main() -> None:
     with Engine.start(EngineConfig.embedded()) as engine:
         requests.post(f"{engine.base_url}/configure_logging", timeout=30,
                       json={"dump_requests_folder": str(dump_dir), "dump_requests_threshold": REQUESTS})
-        record_workload(engine, {"kind": "builtin", "name": "concurrent_decode"}, trace)
+        record_workload(engine, parse_workload("concurrent_decode"), trace)
         deadline = time.monotonic() + 30  # the dump is written by the tokenizer manager, a moment later
         while not list(dump_dir.glob("*.pkl")) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -53,7 +54,7 @@ def main() -> None:
         held = {"entries": len(requests_list), "entry": [type(x).__name__ for x in first]}
     with TraceReader(trace) as r:
         forwards = sum(len(rec.batches) for rec in r.iterations())
-        iterations = r.end["iterations"]
+        iterations = r.end.iterations
     trace_bytes = os.path.getsize(trace)
     print(f"request dump: {dump_bytes} bytes in {len(dumps)} pickle file(s), {held}", file=sys.stderr)
     print(f"sgl-replay trace: {trace_bytes} bytes, {iterations} iterations, {forwards} forward batches",

@@ -31,11 +31,12 @@ import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.engine import Engine, EngineConfig
-from sgl_replay.record.runner import record_workload
+from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.record import record_workload
 from sgl_replay.trace import TraceReader, TraceWriter
 from sgl_replay.trace.format import unpack_ids
-from sgl_replay.trace.writer import end_record
+from sgl_replay.trace.format import End
 
 HERE = Path(__file__).parent
 REPEAT = 10  # the body this many times over in one codec timing
@@ -70,7 +71,7 @@ def codec_rates(path: str, tmp: Path) -> dict:
         w = TraceWriter(out, header)
         for rec in records:
             w.write(rec)
-        w.close(end_record(complete=True, reason=None, iterations=len(records), forwards=0,
+        w.close(End(complete=True, reason=None, iterations=len(records), forwards=0,
                            requests=0))
 
     def decode(path: str):
@@ -103,7 +104,7 @@ def codec_rates(path: str, tmp: Path) -> dict:
             "format_2_decode_it_per_s": format_2_rate[0],
             "decode_over_format_2": round(decode_rate[0] / format_2_rate[0], 2),
             "raw_bytes_per_it": round(len(raw) / len(records)),
-            "jsonl_bytes": jsonl([header] + body), "jsonl_body_bytes": jsonl(body)}
+            "jsonl_bytes": jsonl([header.to_dict()] + body), "jsonl_body_bytes": jsonl(body)}
 
 
 def header_bytes(path: str) -> int:
@@ -121,7 +122,7 @@ def main() -> None:
         ends = {}
         with Engine.start(config, extra_sys_path=(str(HERE),)) as engine:
             for name in WORKLOADS:
-                ends[name] = record_workload(engine, {"kind": "script", "name": f"bench_workloads:{name}"},
+                ends[name] = record_workload(engine, parse_workload(f"bench_workloads:{name}"),
                                              str(tmp / f"{name}.sglt"))
         # the codec is timed with the engine stopped: its processes share this machine's cores
         for name in WORKLOADS:
@@ -131,8 +132,8 @@ def main() -> None:
             rates = codec_rates(out, tmp)
             jsonl_body = rates.pop("jsonl_body_bytes")
             figures[name] = f = {
-                "forwards": end["forwards"], "iterations": end["iterations"], "bytes": size,
-                "body_bytes": body, "bytes_per_forward": round(body / end["forwards"], 1),
+                "forwards": end.forwards, "iterations": end.iterations, "bytes": size,
+                "body_bytes": body, "bytes_per_forward": round(body / end.forwards, 1),
                 "jsonl_ratio": round(rates["jsonl_bytes"] / size, 1),
                 "jsonl_body_ratio": round(jsonl_body / body, 1), **rates,
             }

@@ -8,9 +8,10 @@ OUT=${OUT:?set OUT}
 SITE=/tmp/sgl-replay-site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
 export PYTHONPATH="$SITE:$(pwd)/tools/bench" PYTHONUNBUFFERED=1
-# The device workarounds (ENGINE-GPU.md): the wheel lacks the Rust radix
-# tree core; sgl_kernel's compiled ops are built for torch 2.14.1 and cannot
-# load on this machine's torch 2.11, and none is on this path.
+# The device workarounds (README, "Recording on a GPU machine"): the wheel
+# lacks the Rust radix tree core; sgl_kernel's compiled ops are built for
+# torch 2.14.1 and cannot load on this machine's torch 2.11, and none is on
+# this path.
 export SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python SGL_KERNEL_ALLOW_MISSING_OPS=1
 SGLR="python3 -m sgl_replay.cli"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -1,0 +1,163 @@
+"""Replay a trace and diff the replay against it: the one `check` behind the
+CLI, the golden suite, bisect and the tests, and its typed verdict.
+
+Exit codes are defined here and nowhere else (git bisect run understands
+them): 0 same, 1 diverged or a run that failed part way, 2 bad usage or bad
+input, 125 could not run this revision (the engine did not start or import)
+or replays that disagreed, 130 interrupted, 255 an internal error of
+sgl-replay (git bisect run aborts on it instead of blaming the commit).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sgl_replay.diff import DiffResult, Options, diff
+from sgl_replay.diff.report import text_lines, to_plain
+from sgl_replay.runs.capture import CaptureFailed
+from sgl_replay.runs.engine import BadEngineArgs, EngineError, EnginePool
+from sgl_replay.runs.replay import engine_config_for, replay_trace
+from sgl_replay.trace.format import Header
+from sgl_replay.trace.reader import TraceError, TraceReader
+from sgl_replay.views import write_report
+
+
+# A replay still running after this long is stopped, sealed, and the check
+# fails: a trace can claim any number of iterations (--timeout changes it).
+REPLAY_TIMEOUT_S = 3600.0
+
+
+class ExitCode(enum.IntEnum):
+    SAME = 0
+    DIVERGED = 1  # also: a run that failed part way (its trace is kept, sealed)
+    BAD_INPUT = 2  # bad usage, an unreadable or unusable trace
+    SKIP = 125  # could not run here, or --repeat replays disagreed
+    INTERRUPTED = 130
+    INTERNAL = 255  # a bug in sgl-replay, never a verdict on the code under test
+
+
+class Outcome(str, enum.Enum):
+    SAME = "same"
+    DIVERGED = "diverged"
+    INCONCLUSIVE = "inconclusive"  # some of the --repeat replays diverged, not all
+    FAILED = "failed"  # the replay stopped part way (script failed, engine died)
+    COULD_NOT_RUN = "could not run"  # the engine did not start or import here
+    BAD_INPUT = "bad input"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {Outcome.SAME: ExitCode.SAME, Outcome.DIVERGED: ExitCode.DIVERGED,
+               Outcome.INCONCLUSIVE: ExitCode.SKIP, Outcome.FAILED: ExitCode.DIVERGED,
+               Outcome.COULD_NOT_RUN: ExitCode.SKIP, Outcome.BAD_INPUT: ExitCode.BAD_INPUT}
+
+
+def outcome_of(result: DiffResult) -> Outcome:
+    """A diff's verdict as a check outcome: nothing compared is bad input,
+    never `same`."""
+    if result.verdict == "same":
+        return Outcome.SAME
+    if result.verdict == "diverged":
+        return Outcome.DIVERGED
+    return Outcome.BAD_INPUT  # "not comparable", "empty"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    result: Optional[DiffResult] = None  # the diff shown: a diverged replay's, if any
+    observed: Optional[str] = None  # the observed trace, when kept
+    message: str = ""  # why, when there is no diff to show
+    replays: int = 0
+    diverged_replays: int = 0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.outcome.exit_code
+
+    def lines(self, label_a: str, label_b: str) -> list[str]:
+        """The report a person reads."""
+        out = list(text_lines(self.result, label_a, label_b)) if self.result is not None else []
+        if self.message:
+            out.append(self.message)
+        if self.replays > 1:
+            out.append(f"diverged in {self.diverged_replays} of {self.replays} replays"
+                       + (" (inconclusive)" if self.outcome is Outcome.INCONCLUSIVE else ""))
+        return out
+
+    def to_plain(self, label_a: str = "A", label_b: str = "B") -> dict[str, Any]:
+        """For `check --json` (and bisect, which reads it)."""
+        return {"verdict": self.outcome.value, "exit_code": int(self.exit_code),
+                "message": self.message, "observed": self.observed, "replays": self.replays,
+                "diverged_replays": self.diverged_replays,
+                "report": self.lines(label_a, label_b),
+                "diff": to_plain(self.result, label_a, label_b) if self.result is not None else None}
+
+
+def read_header(trace: str) -> Header:
+    """Read the whole trace before anything starts: a bad trace is bad input
+    before an engine is spent on it."""
+    with TraceReader(trace) as reader:
+        for _ in reader.iterations():
+            pass
+        return reader.header
+
+
+def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str] = None,
+          engine_args: Optional[dict] = None, options: Options = Options(), repeat: int = 1,
+          observed: Optional[str] = None, report: Optional[str] = None,
+          timeout_s: float = REPLAY_TIMEOUT_S) -> Verdict:
+    """Replay `trace` `repeat` times on one engine and diff each replay
+    against it. The engine comes from `pool` (shared engines) or is started
+    for this check and stopped after. The last replay is kept at `observed`
+    when given; otherwise replays go to a temporary directory. `report`:
+    where to write the HTML report of the diff shown (a diverged replay's,
+    if any)."""
+    try:
+        header = read_header(trace)
+        config = engine_config_for(header, device=device, engine_args=engine_args)
+    except TraceError as e:
+        return Verdict(Outcome.BAD_INPUT, message=str(e))
+    own_pool = pool is None
+    pool = pool or EnginePool(max_live=1)
+    try:
+        try:
+            engine = pool.get(config)
+        except BadEngineArgs as e:
+            return Verdict(Outcome.BAD_INPUT, message=str(e))
+        except ImportError as e:
+            return Verdict(Outcome.COULD_NOT_RUN, message=f"cannot import the engine here: {e}")
+        except EngineError as e:
+            return Verdict(Outcome.COULD_NOT_RUN, message=str(e))
+        overrides = {"device": device, "engine_args": engine_args or {}}
+        results: list[DiffResult] = []
+        with tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
+            paths = [observed if observed and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")
+                     for run in range(repeat)]
+            for run, path in enumerate(paths):
+                try:
+                    replay_trace(engine, trace, path, overrides=overrides, timeout_s=timeout_s)
+                except CaptureFailed as e:
+                    kept = e.trace is not None and e.trace == path == observed
+                    return Verdict(Outcome.FAILED, observed=path if kept else None, replays=run + 1,
+                                   message=f"{e}" + (f" (what ran is in {path}, sealed as incomplete)"
+                                                     if kept else ""))
+                with TraceReader(trace) as a, TraceReader(path) as b:
+                    results.append(diff(a, b, options))
+            diverged = [k for k, r in enumerate(results) if r.verdict == "diverged"]
+            shown = diverged[0] if diverged else 0
+            if report:
+                write_report(trace, paths[shown], results[shown], report, label_a="recorded", label_b="replay")
+    finally:
+        if own_pool:
+            pool.close()
+    outcome = outcome_of(results[shown])
+    if 0 < len(diverged) < repeat:
+        outcome = Outcome.INCONCLUSIVE
+    return Verdict(outcome, results[shown], observed, replays=repeat, diverged_replays=len(diverged))
