@@ -1,0 +1,317 @@
+"""Capture of a plain sglang server (`SGLREPLAY_RECORD_DIR=DIR python -m
+sglang.launch_server ...`), driven by sglang's own bench_serving with real
+sampling, then replayed on the embedded engine with zero divergence.
+
+One plain recording server serves the live tests of this module (an engine
+start is ~40 s on 2 cores); the failure paths that need no server are
+checked on the recorder directly, and one more server checks that an
+injected recorder fault leaves serving alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.trace.format import unpack_ids
+from sgl_replay.trace.reader import TraceReader
+
+READY_MARKER = "The server is fired up and ready to roll"
+READY_TIMEOUT_S = 300
+# The server's start: the embedded engine's arguments, but a tokenizer and
+# real sampling (the client asks for temperature 1.0).
+SERVER_ARGS = {k: v for k, v in DEFAULT_ENGINE_ARGS.items() if k not in ("skip_tokenizer_init", "sampling_backend")}
+SERVER_ARGS["sampling_backend"] = "pytorch"
+SERVER_ENV = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(args: dict) -> list[str]:
+    out = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not False and value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+class Server:
+    """A plain `python -m sglang.launch_server` in a session of its own."""
+
+    def __init__(self, tmp: Path, name: str, env: dict) -> None:
+        self.model = write_model_dir(EMBEDDED_MODEL_CONFIG)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"{name}.log"
+        args = {"model_path": self.model, **SERVER_ARGS, "host": "127.0.0.1", "port": self.port}
+        full_env = {**os.environ, **SERVER_ENV, **env}
+        for key in ("SGLREPLAY_ACTIVE",):
+            full_env.pop(key, None)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sglang.launch_server", *_cli(args)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                         start_new_session=True, cwd=str(tmp))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while READY_MARKER not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"server did not start; log {self.log}:\n{self.text()[-3000:]}")
+            time.sleep(0.5)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def generate(self, body: dict, timeout: float = 60) -> dict:
+        request = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as a service manager stops a server: sglang drains, sends
+        its schedulers a ShutdownReq, and the recorder closes the trace."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _bench(server: Server, out: Path, *, prompts: int = 64, rate: float = 16, seed: int = 1) -> dict:
+    """sglang's own benchmark client against the server: random token-id
+    prompts of exact lengths, real sampling, EOS honoured (finishes vary)."""
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url", server.url,
+           "--model", server.model, "--tokenizer", server.model, "--dataset-name", "random-ids",
+           "--tokenize-prompt", "--num-prompts", str(prompts), "--random-input-len", "96",
+           "--random-output-len", "48", "--random-range-ratio", "0.2", "--request-rate", str(rate),
+           "--temperature", "1.0", "--disable-ignore-eos", "--seed", str(seed), "--disable-tqdm",
+           "--warmup-requests", "1", "--output-file", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text().strip().splitlines()[-1])
+
+
+def _traces(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.sglt"))
+
+
+# ------------------------------------------------------------------ the capture
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    """A plain recording server, driven by bench_serving (64 requests
+    arriving at 16/s), a multi-turn conversation, an aborted stream, then
+    stopped with SIGTERM. Returns (trace, bench result, server log, extras)."""
+    tmp = tmp_path_factory.mktemp("capture")
+    record_dir = tmp / "traces"
+    server = Server(tmp, "server", {"SGLREPLAY_RECORD_DIR": str(record_dir)})
+    extras = {}
+    try:
+        started = time.monotonic()
+        result = _bench(server, tmp / "bench.jsonl")
+        extras["bench_s"] = time.monotonic() - started
+        # Multi-turn: the second turn's prompt holds the first turn and its answer.
+        first_prompt = list(range(10, 74))
+        first = server.generate({"input_ids": first_prompt, "rid": "turn-1",
+                                 "sampling_params": {"temperature": 1.0, "max_new_tokens": 16}})
+        second_prompt = first_prompt + first["output_ids"] + list(range(200, 232))
+        server.generate({"input_ids": second_prompt, "rid": "turn-2",
+                         "sampling_params": {"temperature": 1.0, "max_new_tokens": 16}})
+        extras["turns"] = (len(first_prompt), len(first["output_ids"]))
+        # A client that goes away mid-stream: sglang aborts the request.
+        request = urllib.request.Request(server.url + "/generate", data=json.dumps(
+            {"input_ids": list(range(300, 340)), "rid": "gone", "stream": True,
+             "sampling_params": {"temperature": 1.0, "max_new_tokens": 3000, "ignore_eos": True}}).encode(),
+            headers={"Content-Type": "application/json"})
+        response = urllib.request.urlopen(request, timeout=60)
+        response.readline()
+        response.close()
+        time.sleep(4)  # sglang aborts ~2 s after the stream ends
+        extras["alive_after"] = server.generate({"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 2}})
+    finally:
+        server.stop()
+    traces = _traces(record_dir)
+    return traces, result, server.text(), extras, tmp
+
+
+def test_capture_is_written_and_complete(captured):
+    traces, result, log, extras, _ = captured
+    assert len(traces) == 1, traces  # the scheduler's driver only
+    assert result["completed"] >= 64
+    assert f"sgl-replay: recording this scheduler to {traces[0]}" in log
+    with TraceReader(str(traces[0])) as reader:
+        header = reader.header
+        records = list(reader.iterations())
+        end = reader.end
+    assert end.complete, end
+    assert header.workload.kind == "capture" and header.source.kind == "record"
+    assert header.model.vocab_size == 1024 and header.model.context_length == 4096
+    assert header.model.eos_token_ids == [2]
+    assert header.engine_args["sampling_backend"] == "pytorch"
+    assert header.not_replayable == []
+    finished = {f[0]: f for r in records for f in r.finished}
+    outputs = {o[0]: unpack_ids(o[1]) for r in records for o in r.outputs}
+    assert set(outputs) == set(finished)
+    assert all(len(outputs[n]) == finished[n][2] for n in finished)
+    reasons = {f[1] for f in finished.values()}
+    assert "length" in reasons
+
+
+def test_capture_replays_with_zero_divergence(captured):
+    """`sgl-replay check` on the capture: the embedded CPU engine sized to the
+    recorded vocabulary and context, the recorded tokens forced."""
+    traces, *_, tmp = captured
+    proc = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "check", str(traces[0]), "--json",
+                           "-o", str(tmp / "replay.sglt")], capture_output=True, text=True, timeout=600)
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + proc.stderr
+    result = verdict["diff"]
+    assert result["level"] == "full" and not result["not_comparable"]
+    assert result["iterations_compared"] > 100 and result["forwards_compared"] > 50
+    # what the headers differ in is said, as notes
+    assert any("sampling backend: pytorch vs token_oracle" in n for n in result["header_notes"])
+
+
+def test_multi_turn_reuses_the_cached_prefix(captured):
+    traces, _, _, extras, _ = captured
+    with TraceReader(str(traces[0])) as reader:
+        records = list(reader.iterations())
+    reqs = [x["rid"] for r in records for x in r.inputs if x["type"] == "generate"]
+    second = reqs.index("turn-2")
+    cached = [c for r in records for b in r.batches if b.new for n, c in zip(b.reqs, b.cached) if n == second]
+    prompt, answer = extras["turns"]
+    assert cached and cached[0] >= prompt  # the first turn's prompt (and answer) came from the cache
+
+
+def test_disconnect_is_captured_as_an_abort(captured):
+    traces, _, _, extras, _ = captured
+    assert extras["alive_after"]["meta_info"]["completion_tokens"] == 2
+    with TraceReader(str(traces[0])) as reader:
+        records = list(reader.iterations())
+    assert any(x["type"] == "abort" and x["rid"] == "gone" for r in records for x in r.inputs)
+
+
+# ------------------------------------------------------------------ failures
+def test_injected_fault_stops_recording_not_serving(tmp_path):
+    record_dir = tmp_path / "traces"
+    server = Server(tmp_path, "faulty", {"SGLREPLAY_RECORD_DIR": str(record_dir),
+                                         "SGLREPLAY_CAPTURE_FAULT": "raise@40"})
+    try:
+        for k in range(8):
+            reply = server.generate({"input_ids": list(range(5, 50)), "rid": f"f{k}",
+                                     "sampling_params": {"max_new_tokens": 12, "temperature": 1.0}})
+            assert reply["meta_info"]["completion_tokens"] >= 1
+        log = server.text()
+    finally:
+        server.stop()
+    assert "sgl-replay: recording stopped, recorder failed: RuntimeError: injected recorder fault" in log
+    traces = _traces(record_dir)
+    assert len(traces) == 1
+    with TraceReader(str(traces[0])) as reader:
+        for _ in reader.iterations():
+            pass
+        assert not reader.end.complete and "injected" in reader.end.reason
+
+
+class _FakeScheduler:
+    """What the recorder reads of a scheduler, for the paths that need no engine."""
+
+    class _Pool:
+        def available_size(self):
+            return 100
+
+    def __init__(self):
+        self.waiting_queue, self.running_batch, self.chunked_req, self.last_batch = [], None, None, None
+        self.token_to_kv_pool_allocator = self.req_to_token_pool = self._Pool()
+        self.forward_ct, self._engine_paused, self.model_config = 0, False, None
+
+
+def test_unwritable_dir_turns_capture_off(tmp_path, monkeypatch, caplog):
+    from sgl_replay.scheduler import capture
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setattr(capture, "_record_dir", str(blocked / "traces"))
+    monkeypatch.setattr(capture, "_capture", None)
+    monkeypatch.setattr("sglang.srt.runtime_context.get_parallel",
+                        lambda: type("P", (), {"pp_rank": 0, "attn_tp_rank": 0, "attn_cp_rank": 0})())
+    fake = _FakeScheduler()
+    assert capture._before_ingest(fake) is None
+    assert capture._capture is capture._OFF
+    assert "not recording" in caplog.text
+    assert capture._before_inputs(fake, [object()]) is None and capture._after_run_batch(None, fake, None) is None
+
+
+def test_full_disk_seals_the_trace(tmp_path, monkeypatch, caplog):
+    from sgl_replay.scheduler import capture, header as header_mod
+    from sgl_replay.trace.format import Header
+
+    monkeypatch.setattr(header_mod, "build_header", lambda scheduler, job: Header())
+    monkeypatch.setenv(capture.FAULT_ENV, "oserror@3")
+    fake = _FakeScheduler()
+    c = capture.Capture(fake, str(tmp_path))
+    for k in range(6):
+        fake.waiting_queue = [None] * k  # a size change: every iteration is written
+        c.step()
+        time.sleep(0.6)  # past the writer's flush interval: what was written reached the disk
+    assert c.recording is None
+    assert "sealed as incomplete" in caplog.text or "closed as incomplete" in caplog.text
+    with TraceReader(c.path) as reader:
+        records = list(reader.iterations())
+        assert not reader.end.complete and "No space left" in reader.end.reason
+    assert [r.i for r in records] == [0, 1, 2]
+
+
+def test_no_record_dir_registers_nothing(monkeypatch):
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sgl_replay.scheduler import plugin
+
+    monkeypatch.delenv("SGLREPLAY_RECORD_DIR", raising=False)
+    monkeypatch.delenv("SGLREPLAY_ACTIVE", raising=False)
+    before = {k: list(v) for k, v in HookRegistry._hooks.items()}
+    plugin.register()
+    assert {k: list(v) for k, v in HookRegistry._hooks.items()} == before
+
+
+def test_missing_target_is_one_line_and_no_hooks(monkeypatch, caplog):
+    from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sgl_replay.scheduler import capture
+
+    monkeypatch.delattr(Scheduler, "on_idle")
+    monkeypatch.setattr(capture, "in_scheduler_process", lambda: True)
+    before = {k: list(v) for k, v in HookRegistry._hooks.items()}
+    assert capture.register("/nonexistent") is False
+    assert {k: list(v) for k, v in HookRegistry._hooks.items()} == before
+    assert "not supported: sglang.srt.managers.scheduler.Scheduler.on_idle missing; not recording" in caplog.text
