@@ -17,10 +17,12 @@ This module imports nothing of sglang, so the CLI can list workloads quickly.
 from __future__ import annotations
 
 import importlib
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Optional
 
+from sgl_replay.scheduler import public_traces
 from sgl_replay.trace.format import Workload as WorkloadSpec
 
 DRAIN_MAX_ITERS = 100_000  # a workload that never drains is a bug, not a wait
@@ -209,9 +211,28 @@ def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> 
 
 # ------------------------------------------------------------------ specs
 def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[float] = None,
-          description: Optional[str] = None) -> WorkloadSpec:
+          description: Optional[str] = None, options: Optional[dict] = None) -> WorkloadSpec:
     """The Workload a spec names; ValueError (a one-line message) when it
-    names none, or when serve's limits are missing or given to another kind."""
+    names none, or when serve's limits are missing or given to another kind.
+
+    `mooncake:FILE`, `azure:FILE` and `burstgpt:FILE` (optionally
+    `?limit=20&token_scale=0.02...`) name a public serving trace: the file is
+    read and checked here (a malformed row is the ValueError); `options`
+    (limit, start_ms, time_scale, token_scale, block_size, iteration_ms,
+    clock) win over the spec's."""
+    public = public_traces.split_spec(spec)
+    if public is not None:
+        if duration_s is not None or idle_s is not None:
+            raise ValueError("a duration and an idle timeout apply to `serve` only")
+        fmt, path, spec_options = public
+        given = {**spec_options, **{k: v for k, v in (options or {}).items() if v is not None}}
+        imported = public_traces.load(fmt, os.path.abspath(path), given)
+        return WorkloadSpec(kind="public", name=spec, path=imported.path, sha256=imported.sha256,
+                            options=imported.options,
+                            description=description or public_traces.description(imported))
+    if options:
+        kinds = ", ".join(f"{f}:FILE" for f in public_traces.FORMATS)
+        raise ValueError(f"trace import options apply to {kinds} only")
     if spec == "serve":
         if duration_s is None and idle_s is None:
             raise ValueError("serve needs a duration and/or an idle timeout")
@@ -224,7 +245,7 @@ def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[flo
     if sep and module and attr:
         return WorkloadSpec(kind="script", name=spec, description=description)
     raise ValueError(f"unknown workload {spec!r}; built-in workloads: {', '.join(BUILTIN)}; "
-                     f"or `serve`, or module:function")
+                     f"or `serve`, or module:function, or mooncake:FILE, azure:FILE, burstgpt:FILE")
 
 
 def engine_args_of(workload: WorkloadSpec) -> dict:
@@ -249,4 +270,6 @@ def generator(ctx, workload: WorkloadSpec) -> Generator:
         return serve(ctx, duration_s=workload.duration_s, idle_s=workload.idle_s)
     if workload.kind == "script":
         return resolve(workload.name)(ctx)
+    if workload.kind == "public":
+        return public_traces.run(ctx, workload)
     raise ValueError(f"unknown workload kind {workload.kind!r}")

@@ -182,6 +182,13 @@ class Workload(msgspec.Struct, omit_defaults=True):
     description: Optional[str] = None
     duration_s: Optional[float] = None
     idle_s: Optional[float] = None
+    # kind "public" (a public serving trace: mooncake:FILE, azure:FILE,
+    # burstgpt:FILE): the file as the recording read it, its SHA-256, and the
+    # import options (format, limit, start_ms, time_scale, token_scale,
+    # block_size, iteration_ms, clock).
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    options: Optional[dict] = None
 
 
 class Source(msgspec.Struct, omit_defaults=True):

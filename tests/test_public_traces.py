@@ -1,0 +1,260 @@
+"""Public serving traces in (mooncake:FILE, azure:FILE, burstgpt:FILE), Mooncake
+and CSV out. Unit tests need no engine; the engine tests share the session's
+default engine and record one 24-request Mooncake slice (tests/data, see
+tests/data/PUBLIC_TRACES.md for its source and licence)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sgl_replay.cli import main
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.export import export, hash_chains
+from sgl_replay.runs.record import record_workload
+from sgl_replay.scheduler import public_traces as pt
+from sgl_replay.scheduler import workloads
+from sgl_replay.trace import TraceReader
+
+DATA = Path(__file__).parent / "data"
+SLICE = DATA / "mooncake_slice.jsonl"
+AZURE = DATA / "azure_code_slice.csv"
+SCALE = "0.03125"  # 1/32: a 512-token block becomes 16 tokens
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def mooncake(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def lcp(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def canonical(chains) -> list[list[int]]:
+    """Hash-id structure up to renumbering."""
+    ids: dict = {}
+    return [[ids.setdefault(h, len(ids)) for h in chain] for chain in chains]
+
+
+# ------------------------------------------------------------------ prompts
+def test_equal_leading_hash_ids_share_exactly_those_blocks(tmp_path):
+    rows = [
+        {"timestamp": 0, "input_length": 2048, "output_length": 3, "hash_ids": [1, 2, 3, 4]},
+        {"timestamp": 5, "input_length": 1800, "output_length": 3, "hash_ids": [1, 2, 3, 9]},  # 3 shared
+        {"timestamp": 9, "input_length": 1100, "output_length": 3, "hash_ids": [1, 7, 8]},     # 1 shared
+        {"timestamp": 9, "input_length": 1300, "output_length": 3, "hash_ids": [1, 2, 3]},     # partial 3rd
+        {"timestamp": 20, "input_length": 900, "output_length": 3, "hash_ids": [5, 6]},        # none
+        {"timestamp": 30, "input_length": 1500, "output_length": 3, "hash_ids": [1]},          # tail beyond
+        {"timestamp": 30, "input_length": 1500, "output_length": 3, "hash_ids": [1]},          # same hash ids
+    ]
+    imported = pt.load("mooncake", write(tmp_path, "t.jsonl", mooncake(rows)), {"token_scale": "0.25"})
+    prompts = [imported.input_ids(r) for r in imported.requests]
+    assert [len(p) for p in prompts] == [512, 450, 275, 325, 225, 375, 375]
+    assert all(3 <= t <= 1023 for p in prompts for t in p)
+    block = 128  # 512 * 0.25
+    for i, a in enumerate(rows):
+        for j, b in enumerate(rows[:i]):
+            common = lcp(a["hash_ids"], b["hash_ids"])
+            shared = min(common * block, len(prompts[i]), len(prompts[j]))
+            if i in (5, 6) and j in (5, 6):
+                continue  # tokens beyond the hash ids are each row's own (below)
+            assert lcp(prompts[i], prompts[j]) == shared, (i, j)
+    # hash ids [1] cover 128 of 375 tokens: the rest is unique to the row
+    assert lcp(prompts[5], prompts[6]) == block
+    # the same file and options give the same prompts (a pure function)
+    again = pt.load("mooncake", imported.path, {"token_scale": "0.25"})
+    assert [again.input_ids(r) for r in again.requests] == prompts
+
+
+def test_azure_prompts_are_distinct_and_timestamps_exact():
+    imported = pt.load("azure", str(AZURE), {"limit": 5, "iteration_ms": 1})
+    assert [r.rid for r in imported.requests] == [f"azure-{n}" for n in range(2, 7)]
+    # 18:17:03.9799600 -> 18:17:04.0319600 is exactly 52 ms
+    assert imported.requests[1].arrival_ms == Fraction(52)
+    assert [r.iteration for r in imported.requests][:2] == [0, 52]
+    assert [(r.input_len, r.output_len) for r in imported.requests][:2] == [(4808, 10), (3180, 8)]
+    prompts = [imported.input_ids(r) for r in imported.requests]
+    assert max(lcp(a, b) for i, a in enumerate(prompts) for b in prompts[:i]) == 0
+
+
+def test_burstgpt_skips_failed_requests(tmp_path):
+    text = ("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+            "5,ChatGPT,472,18,490,Conversation log\n"
+            "6.5,GPT-4,1000,0,1000,Conversation log\n"
+            "7.25,ChatGPT,30,12,42,API log\n")
+    imported = pt.load("burstgpt", write(tmp_path, "b.csv", text), {"iteration_ms": 250})
+    assert imported.skipped_failed == 1
+    assert [(r.rid, r.iteration, r.input_len, r.output_len) for r in imported.requests] == [
+        ("burstgpt-2", 0, 472, 18), ("burstgpt-4", 9, 30, 12)]
+
+
+def test_window_and_scales(tmp_path):
+    rows = [{"timestamp": t, "input_length": n, "output_length": 0, "hash_ids": []}
+            for t, n in ((0, 10), (100, 3), (250, 1000), (400, 7))]
+    path = write(tmp_path, "t.jsonl", mooncake(rows))
+    imported = pt.load("mooncake", path, {"start_ms": 100, "limit": 2, "time_scale": 2,
+                                          "token_scale": "0.1", "iteration_ms": 30})
+    # rebased to the first selected request, times doubled, 30 ms per iteration
+    assert [(r.line, r.arrival_ms, r.iteration) for r in imported.requests] == [(2, 0, 0), (3, 300, 10)]
+    # lengths scaled, at least one token
+    assert [(r.input_len, r.output_len) for r in imported.requests] == [(1, 1), (100, 1)]
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("fmt, text, message", [
+    ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 1,',
+     ":2: not a JSON object"),
+    ("mooncake", '{"timestamp": 0, "input_length": 5}\n', ":1: field output_length missing"),
+    ("mooncake", '{"timestamp": 0, "input_length": -5, "output_length": 1}\n',
+     ":1: field input_length: expected a non-negative integer, got -5"),
+    ("mooncake", '{"timestamp": "soon", "input_length": 5, "output_length": 1}\n',
+     ":1: field timestamp: expected a non-negative number"),
+    ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1, "a"]}\n',
+     ":1: field hash_ids: expected a list of integers"),
+    ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\nyesterday,10,2\n",
+     ":3: field TIMESTAMP"),
+    ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10\n",
+     ":2: expected 3 columns, got 2"),
+    ("azure", "TIMESTAMP,Context\n", ":1: header lacks column(s) ContextTokens, GeneratedTokens"),
+    ("burstgpt", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                 "1,ChatGPT,ten,3,13,API log\n", ":2: field Request tokens"),
+])
+def test_a_malformed_row_is_one_error_naming_line_and_field(tmp_path, fmt, text, message):
+    path = write(tmp_path, "bad", text)
+    with pytest.raises(ValueError) as e:
+        pt.load(fmt, path, {})
+    assert f"{path}{message}" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_row_too_long_names_the_row_and_the_largest_scale_that_fits():
+    imported = pt.load("mooncake", str(SLICE), {})
+    with pytest.raises(ValueError) as e:
+        pt.check_fits(imported, 4096, 16384)
+    text = str(e.value)
+    assert text.startswith(f"{SLICE}:1: input 18578 + output 7 tokens")
+    scale = text.split("largest token scale that fits every selected row: ")[1].split(" ")[0]
+    pt.check_fits(pt.load("mooncake", str(SLICE), {"token_scale": scale}), 4096, 16384)
+    bigger = str(Fraction(scale) * Fraction(1001, 1000))
+    with pytest.raises(ValueError):
+        pt.check_fits(pt.load("mooncake", str(SLICE), {"token_scale": bigger}), 4096, 16384)
+
+
+def test_specs(tmp_path):
+    spec = workloads.parse(f"mooncake:{SLICE}?limit=3&token-scale={SCALE}", options={"limit": 2})
+    assert spec.kind == "public" and spec.options["limit"] == 2
+    assert spec.options["token_scale"] == 0.03125 and spec.options["block_size"] == 512
+    assert spec.path == str(SLICE) and len(spec.sha256) == 64
+    assert spec.description.startswith("2 requests of mooncake trace mooncake_slice.jsonl")
+    with pytest.raises(ValueError, match="unknown option 'speed'"):
+        workloads.parse(f"azure:{AZURE}?speed=2")
+    with pytest.raises(ValueError, match="only virtual"):
+        workloads.parse(f"azure:{AZURE}", options={"clock": "wall"})
+    with pytest.raises(ValueError, match="apply to mooncake:FILE"):
+        workloads.parse("kv_pressure", options={"limit": 2})
+    assert workloads.parse("tests.scripts:x").kind == "script"  # other module:function specs
+
+
+def test_cli_bad_input_exits_2_and_records_nothing(tmp_path):
+    bad = write(tmp_path, "bad.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n[]\n')
+    out = tmp_path / "out.sglt"
+    runner = CliRunner()
+    result = runner.invoke(main, ["record", f"mooncake:{bad}", "-o", str(out)])
+    assert result.exit_code == 2 and f"{bad}:2: not a JSON object" in result.output
+    result = runner.invoke(main, ["record", f"mooncake:{SLICE}", "--limit", "4", "-o", str(out)])
+    assert result.exit_code == 2 and "largest token scale that fits" in result.output
+    assert not out.exists() and not list(tmp_path.glob("out.sglt*"))
+
+
+def test_hash_chains_number_prefixes_in_order_of_first_appearance():
+    a, b = [5] * 10, [5] * 4 + [6] * 6
+    assert hash_chains([a, b, a[:6], [7]], 4) == [[0, 1, 2], [0, 3, 4], [0, 5], [6]]
+
+
+# ------------------------------------------------------------------ engine
+@pytest.fixture(scope="module")
+def slice_recording(engines, tmp_path_factory):
+    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE})
+    root = tmp_path_factory.mktemp("public")
+    out = str(root / "slice.sglt")
+    record_workload(engines.get(EngineConfig.embedded()), spec, out)
+    return spec, out
+
+
+def body(path: str) -> list:
+    with TraceReader(path) as reader:
+        return list(reader.iterations())
+
+
+def test_mooncake_slice_prefix_reuse_shows_as_cached_tokens(slice_recording):
+    spec, out = slice_recording
+    imported = pt.load("mooncake", spec.path, spec.options)
+    prompts = [imported.input_ids(r) for r in imported.requests]
+    records = body(out)
+    inputs = [x for rec in records for x in rec.inputs if x["type"] == "generate"]
+    assert [x["rid"] for x in inputs] == [r.rid for r in imported.requests]
+    first_cached: dict[int, int] = {}
+    for rec in records:
+        for batch in rec.batches:
+            for req, cached in zip(batch.reqs, batch.cached or ()):
+                first_cached.setdefault(req, cached)
+    # what the radix cache serves each request when it first runs: its
+    # longest common prefix with an earlier prompt (all earlier ones have
+    # finished by then in this slice; the last token is always computed)
+    expected = [min(max((lcp(p, q) for q in prompts[:i]), default=0), len(p) - 1)
+                for i, p in enumerate(prompts)]
+    assert [first_cached[i] for i in range(len(prompts))] == expected
+    assert sum(expected) > 5000 and sum(1 for e in expected if e) >= 5
+
+
+def test_record_then_export_gives_the_imported_rows(slice_recording, tmp_path):
+    spec, out = slice_recording
+    imported = pt.load("mooncake", spec.path, spec.options)
+    exported = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["export", out, "-o", str(exported), "--block-size", "16"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [(r["timestamp"], r["input_length"], r["output_length"]) for r in rows] == [
+        (q.iteration * 10, q.input_len, q.output_len) for q in imported.requests]
+    # the source's hash ids, cut to the scaled prompt (a partial last block
+    # is its own id unless another prompt ends at the same token)
+    expected = []
+    for q in imported.requests:
+        bounds = imported.boundaries(q.input_len)
+        expected.append([(n, bounds[j + 1] - bounds[j]) if bounds[j + 1] - bounds[j] < 16 else n
+                         for j, n in enumerate(q.nodes)])
+    assert canonical(r["hash_ids"] for r in rows) == canonical(expected)
+    # ... which is the file's own structure where the prompt covers the block
+    source = [json.loads(line) for line in SLICE.read_text().splitlines()]
+    full = [len(q.nodes) - (1 if imported.boundaries(q.input_len)[-1] % 16 else 0)
+            for q in imported.requests]
+    assert canonical(s["hash_ids"][:k] for s, k in zip(source, full)) == \
+        canonical(r["hash_ids"][:k] for r, k in zip(rows, full))
+    export(out, str(tmp_path / "out.csv"), fmt="csv")
+    with open(tmp_path / "out.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(float(r["arrival_ms"]), int(r["prompt_tokens"]), int(r["completion_tokens"]))
+            for r in table] == [(q.iteration * 10, q.input_len, q.output_len) for q in imported.requests]
+
+
+def test_recording_twice_gives_identical_bodies(slice_recording, engines, tmp_path):
+    spec, out = slice_recording
+    again = str(tmp_path / "again.sglt")
+    record_workload(engines.get(EngineConfig.embedded()), spec, again)
+    assert body(again) == body(out)
