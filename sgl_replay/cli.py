@@ -96,6 +96,27 @@ def _engine_options(fn):
     return fn
 
 
+def parse_engine_env(pairs: tuple[str, ...]) -> dict:
+    """--engine-env KEY=VALUE pairs, values kept as strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise Failure(f"--engine-env wants KEY=VALUE, got {pair!r}", ExitCode.BAD_INPUT)
+        out[key.strip()] = value
+    return out
+
+
+def _suspect_options(fn):
+    fn = click.option("--engine-path", "engine_path", multiple=True, metavar="DIR",
+                      type=click.Path(file_okay=False, exists=True),
+                      help="Put DIR first on the engine's import path, e.g. a directory holding an "
+                           "sglang plugin (repeatable).")(fn)
+    fn = click.option("--engine-env", "engine_env", multiple=True, metavar="KEY=VALUE",
+                      help="An environment variable for the engine (repeatable).")(fn)
+    return fn
+
+
 def _timeout_option(fn):
     from sgl_replay.runs.check import REPLAY_TIMEOUT_S
 
@@ -119,6 +140,22 @@ def _terminate(signum, frame) -> None:
 
 
 # ------------------------------------------------------------------ record
+def _public_trace_options(fn):
+    for name, kind, text in reversed((
+            ("--limit", click.IntRange(min=1), "trace: import the first N requests (after --start-ms)."),
+            ("--start-ms", click.FloatRange(min=0), "trace: skip requests before this time (ms from the first)."),
+            ("--time-scale", click.FloatRange(min=0, min_open=True), "trace: multiply arrival times."),
+            ("--token-scale", click.FloatRange(min=0, min_open=True),
+             "trace: multiply input and output lengths (at least 1 token) and prefix blocks."),
+            ("--block-size", click.IntRange(min=1), "trace: tokens per hash id (Mooncake: 512)."),
+            ("--iteration-ms", click.FloatRange(min=0, min_open=True),
+             "trace: one loop iteration of the virtual clock, in ms (default 10)."),
+            ("--clock", click.Choice(["virtual"]), "trace: arrival clock (virtual: a pure function "
+                                                   "of the file and the options)."))):
+        fn = click.option(name, type=kind, default=None, help=text)(fn)
+    return fn
+
+
 @main.command()
 @click.argument("workload")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -128,22 +165,29 @@ def _terminate(signum, frame) -> None:
 @click.option("--duration", type=float, default=None, help="serve: stop after this many seconds.")
 @click.option("--idle-timeout", type=float, default=None,
               help="serve: stop once idle this long after the first request.")
+@_public_trace_options
 @_errors_to_exit_codes
 def record(workload: str, output: str, model_path: Optional[str], device: Optional[str],
-           engine_args: tuple[str, ...], duration: Optional[float], idle_timeout: Optional[float]) -> None:
+           engine_args: tuple[str, ...], duration: Optional[float], idle_timeout: Optional[float],
+           **trace_options) -> None:
     """Run WORKLOAD on the real engine and write its trace.
 
     WORKLOAD is a built-in name (see `sgl-replay workloads`), `serve` (the
     engine serves HTTP /generate from any client; the URL is printed), or a
-    scripted-runtime script `module:function` taking sglang's ScriptedContext.
+    scripted-runtime script `module:function` taking sglang's ScriptedContext,
+    or a public serving trace: mooncake:FILE, azure:FILE, burstgpt:FILE
+    (each request with its exact lengths at its arrival time on a virtual
+    clock; see the trace options).
     """
     from sgl_replay.runs.capture import check_writable
     from sgl_replay.runs.engine import Engine, EngineConfig, device_args
     from sgl_replay.runs.record import record_workload
     from sgl_replay.scheduler import workloads as specs
 
+    trace_options = {k: v for k, v in trace_options.items() if v is not None}
     try:
-        spec = specs.parse(workload, duration_s=duration, idle_s=idle_timeout)
+        spec = specs.parse(workload, duration_s=duration, idle_s=idle_timeout,
+                           options=trace_options or None)
     except ValueError as e:
         raise Failure(str(e), ExitCode.BAD_INPUT) from None
     check_writable(output)
@@ -151,6 +195,8 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     overrides.update(parse_engine_args(engine_args))
     config = EngineConfig.embedded(engine_args={**specs.engine_args_of(spec), **overrides},
                                    model_path=model_path)
+    if spec.kind == "public":
+        _check_trace_fits(spec, config)
     started = time.monotonic()
     with Engine.start(config) as engine:
         click.echo(f"engine ready in {time.monotonic() - started:.1f}s", err=True)
@@ -165,6 +211,23 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
                f"{end.requests} requests -> {output} ({size / 1024:.1f} KiB)")
 
 
+def _check_trace_fits(spec, config) -> None:
+    """A trace row too long for the engine after scaling: exit 2 before it starts."""
+    from sgl_replay.scheduler import public_traces
+
+    if config.model_config is None:
+        return  # a real model: the scheduler checks against its own context length
+    try:
+        imported = public_traces.load(spec.options["format"], spec.path, spec.options,
+                                      expect_sha256=spec.sha256)
+        public_traces.check_fits(imported, int(config.model_config.get("n_positions", 4096)),
+                                 config.engine_args.get("max_total_tokens"))
+    except ValueError as e:
+        raise Failure(str(e), ExitCode.BAD_INPUT) from None
+    if imported.skipped_failed:
+        click.echo(f"skipped {imported.skipped_failed} failed requests (0 response tokens)", err=True)
+
+
 @main.command()
 def workloads() -> None:
     """List the built-in workloads."""
@@ -174,6 +237,8 @@ def workloads() -> None:
         args = " ".join(f"{k}={v}" for k, v in w.engine_args.items())
         click.echo(f"{w.name:22} {w.description}" + (f"  [{args}]" if args else ""))
     click.echo(f"{'serve':22} serve HTTP /generate from any client (--duration, --idle-timeout)")
+    click.echo(f"{'mooncake:FILE':22} a public serving trace (also azure:FILE, burstgpt:FILE; --limit, "
+               f"--token-scale, --time-scale ...)")
 
 
 # ------------------------------------------------------------------ read
@@ -383,6 +448,27 @@ def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], for
     sys.exit(outcome_of(result).exit_code)
 
 
+@main.command("export")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["mooncake", "csv"]), default="mooncake",
+              show_default=True, help="mooncake: JSONL with hash_ids; csv: arrival_ms, prompt_tokens, "
+                                      "completion_tokens.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="mooncake: tokens per hash id.")
+@click.option("--iteration-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ms per loop iteration (default: the recording's, else 10).")
+@_errors_to_exit_codes
+def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_ms: Optional[float]) -> None:
+    """Write TRACE's requests as a public serving-trace file: arrival on the
+    virtual clock, input and output lengths, and (mooncake) prefix hash ids."""
+    from sgl_replay.runs.export import export
+
+    result = export(trace, output, fmt=fmt, block_size=block_size, iteration_ms=iteration_ms)
+    left = f" ({result.unfinished} unfinished requests left out)" if result.unfinished else ""
+    click.echo(f"{output}: {result.rows} requests, {result.iteration_ms:g} ms per iteration{left}")
+
+
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
@@ -408,12 +494,14 @@ def timeline(trace: str, output: Optional[str]) -> None:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Replay N times on one engine; mixed results are inconclusive (exit 125).")
 @_engine_options
+@_suspect_options
 @_timeout_option
 @_diff_options
 @_errors_to_exit_codes
 def check(trace: str, output: Optional[str], report_path: Optional[str], repeat: int,
           device: Optional[str], engine_args: tuple[str, ...], timeout: float, as_json: bool,
-          level: str, ignore: tuple[str, ...], force: bool) -> None:
+          level: str, ignore: tuple[str, ...], force: bool, engine_env: tuple[str, ...] = (),
+          engine_path: tuple[str, ...] = ()) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
     Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
@@ -425,7 +513,8 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
     options = _options(level, ignore, force)
     verdict = run_check(trace, device=device, engine_args=parse_engine_args(engine_args),
                         options=options, repeat=repeat, observed=output, report=report_path,
-                        timeout_s=timeout)
+                        timeout_s=timeout, engine_env=parse_engine_env(engine_env),
+                        engine_path=engine_path)
     label_b = "replay" if output is None else output
     if as_json:
         click.echo(json.dumps(verdict.to_plain(trace, label_b)))
@@ -435,6 +524,69 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
         for line in verdict.lines(trace, label_b):
             click.echo(line)
     sys.exit(verdict.exit_code)
+
+
+# ------------------------------------------------------------------ minimize
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The minimized trace to write (.sglt).")
+@click.option("--match", type=click.Choice(["kinds", "any"]), default="kinds", show_default=True,
+              help="Keep a candidate that diverges with the same kinds of first difference "
+                   "as the whole trace (kinds), or that diverges at all (any).")
+@click.option("--no-verify", is_flag=True, help="Do not check the result on both engines at the end.")
+@_engine_options
+@_suspect_options
+@_timeout_option
+@_diff_options
+@_errors_to_exit_codes
+def minimize(trace: str, output: str, match: str, no_verify: bool, device: Optional[str],
+             engine_args: tuple[str, ...], engine_env: tuple[str, ...], engine_path: tuple[str, ...],
+             timeout: float, as_json: bool, level: str, ignore: tuple[str, ...], force: bool) -> None:
+    """Shrink TRACE, which diverges on the suspect configuration (the trace's
+    own plus --engine-arg, --engine-env, --engine-path), to the fewest
+    requests and control inputs that still diverge the same way (ddmin).
+    Each candidate is recorded on the baseline and checked on the suspect.
+
+    Exit 0 minimized, 2 the trace does not diverge there (or is unusable),
+    125 an engine could not start.
+    """
+    from sgl_replay.runs.capture import check_writable
+    from sgl_replay.runs.minimize import NotDiverging, minimize as run_minimize
+
+    check_writable(output)
+    lines = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    try:
+        res = run_minimize(trace, output, device=device, engine_args=parse_engine_args(engine_args),
+                           engine_env=parse_engine_env(engine_env), engine_path=engine_path,
+                           options=_options(level, ignore, force), match=match, verify=not no_verify,
+                           progress=lines, timeout_s=timeout)
+    except NotDiverging as e:
+        raise Failure(str(e), ExitCode.BAD_INPUT) from None
+    if as_json:
+        click.echo(json.dumps({
+            "output": res.output, "steps": res.steps, "candidates": res.candidates,
+            "requests_before": res.requests_before, "requests_after": res.requests_after,
+            "units_before": res.units_before, "units_after": res.units_after, "kept": res.kept,
+            "kinds": list(res.kinds), "seconds": round(res.seconds, 1),
+            "baseline": res.baseline.outcome.value if res.baseline else None,
+            "suspect": res.suspect.outcome.value if res.suspect else None}))
+
+
+@main.command("export-test")
+@click.argument("trace", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The pytest file to write (test_NAME.py).")
+@_errors_to_exit_codes
+def export_test(trace: str, output: str) -> None:
+    """Write TRACE as a pytest file for SGLang's scripted-runtime harness: the
+    same inputs at the same iterations, asserting the batches, finishes,
+    retractions and cached tokens the trace recorded. It needs only sglang."""
+    from sgl_replay.runs.export_test import export_test as run_export
+
+    figures = run_export(trace, output)
+    click.echo(f"{output}: {figures['inputs']} inputs, {figures['iterations']} iterations, "
+               f"{figures['batches']} batches asserted")
 
 
 # ------------------------------------------------------------------ bisect

@@ -10,16 +10,17 @@ sgl-replay (git bisect run aborts on it instead of blaming the commit).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines, to_plain
 from sgl_replay.runs.capture import CaptureFailed
-from sgl_replay.runs.engine import BadEngineArgs, EngineError, EnginePool
+from sgl_replay.runs.engine import BadEngineArgs, EngineConfig, EngineError, EnginePool
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
@@ -109,10 +110,22 @@ def read_header(trace: str) -> Header:
         return reader.header
 
 
+def with_env_and_path(config: EngineConfig, engine_env: Optional[dict] = None,
+                      engine_path: Sequence[str] = ()) -> EngineConfig:
+    """`config` with environment variables `engine_env` set for the engine
+    and the directories `engine_path` first on its import path (a suspect
+    change shipped as an sglang plugin, say)."""
+    if not engine_env and not engine_path:
+        return config
+    return dataclasses.replace(config, env={**config.env, **{k: str(v) for k, v in (engine_env or {}).items()}},
+                               sys_path=(*(os.path.abspath(p) for p in engine_path), *config.sys_path))
+
+
 def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str] = None,
           engine_args: Optional[dict] = None, options: Options = Options(), repeat: int = 1,
           observed: Optional[str] = None, report: Optional[str] = None,
-          timeout_s: float = REPLAY_TIMEOUT_S) -> Verdict:
+          timeout_s: float = REPLAY_TIMEOUT_S, engine_env: Optional[dict] = None,
+          engine_path: Sequence[str] = ()) -> Verdict:
     """Replay `trace` `repeat` times on one engine and diff each replay
     against it. The engine comes from `pool` (shared engines) or is started
     for this check and stopped after. The last replay is kept at `observed`
@@ -121,7 +134,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
     if any)."""
     try:
         header = read_header(trace)
-        config = engine_config_for(header, device=device, engine_args=engine_args)
+        config = with_env_and_path(engine_config_for(header, device=device, engine_args=engine_args),
+                                   engine_env, engine_path)
     except TraceError as e:
         return Verdict(Outcome.BAD_INPUT, message=str(e))
     own_pool = pool is None
@@ -136,6 +150,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
         except EngineError as e:
             return Verdict(Outcome.COULD_NOT_RUN, message=str(e))
         overrides = {"device": device, "engine_args": engine_args or {}}
+        if engine_env:
+            overrides["engine_env"] = dict(engine_env)
         results: list[DiffResult] = []
         with tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
             paths = [observed if observed and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")

@@ -151,6 +151,8 @@ class EngineConfig:
     env: dict[str, str]
     # config.json of the model when sgl-replay writes the model itself
     model_config: Optional[dict[str, Any]] = None
+    # directories put first on the engine's import path (plugins, scripts)
+    sys_path: tuple[str, ...] = ()
 
     @classmethod
     def embedded(cls, *, engine_args: Optional[dict] = None, env: Optional[dict] = None,
@@ -164,7 +166,10 @@ class EngineConfig:
 
     def key(self) -> str:
         """Equal keys mean one engine can serve both configurations."""
-        blob = json.dumps([self.engine_args, self.env, self.model_config], sort_keys=True)
+        parts: list[Any] = [self.engine_args, self.env, self.model_config]
+        if self.sys_path:  # absent: the same key as before this field existed
+            parts.append(list(self.sys_path))
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def launch_args(self) -> dict[str, Any]:
@@ -332,7 +337,7 @@ class Engine:
         spec_path = work_dir / "spec.json"
         spec_path.write_text(json.dumps({"server_args": launch}))
 
-        sys_path = [os.getcwd(), *extra_sys_path]
+        sys_path = [*config.sys_path, os.getcwd(), *extra_sys_path]
         env = dict(os.environ)
         env.update(config.env)
         env.update({

@@ -1,0 +1,72 @@
+"""How long `minimize` takes, and how many steps and candidates it needs:
+planted scheduler changes (tests/plugins' sched_tweaks) and a changed engine
+argument, on a recording of the built-in concurrent_decode (64 requests).
+
+    flock /tmp/engine.lock .venv/bin/python tools/bench/minimize.py [--case NAME ...]
+
+Engines are shared across cases (one EnginePool): the figures are the
+search's own cost once the engines run (their start-up is printed apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = str(ROOT / "tests" / "plugins")
+
+from sgl_replay.runs.engine import EngineConfig, EnginePool  # noqa: E402
+from sgl_replay.runs.minimize import minimize  # noqa: E402
+from sgl_replay.runs.record import record_workload  # noqa: E402
+from sgl_replay.scheduler.workloads import parse  # noqa: E402
+
+CASES = {
+    # name: (workload, suspect engine args, tweak mode or None)
+    "cap_prefill_2": ("concurrent_decode", {}, "cap_prefill_2"),
+    "max_running_requests=8": ("concurrent_decode", {"max_running_requests": 8}, None),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", action="append", choices=sorted(CASES))
+    args = parser.parse_args()
+    pool = EnginePool(extra_sys_path=(PLUGINS,), max_live=2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            traces: dict[str, str] = {}
+            for name in args.case or list(CASES):
+                workload, engine_args, tweak = CASES[name]
+                if workload not in traces:
+                    t0 = time.monotonic()
+                    traces[workload] = os.path.join(tmp, f"{workload}.sglt")
+                    record_workload(pool.get(EngineConfig.embedded()), parse(workload), traces[workload])
+                    print(f"recorded {workload} in {time.monotonic() - t0:.1f}s (engine start included)")
+                env = {}
+                if tweak:
+                    mode = os.path.join(tmp, f"mode-{tweak}")
+                    Path(mode).write_text(tweak)
+                    env = {"SCHED_TWEAKS_FILE": mode}
+                starts = pool.starts
+                res = minimize(traces[workload], os.path.join(tmp, f"{name}.sglt"), pool=pool,
+                               engine_args=engine_args, engine_env=env,
+                               engine_path=(PLUGINS,) if tweak else (), progress=print)
+                rows.append((name, res, pool.starts - starts))
+        finally:
+            pool.close()
+    print()
+    print(f"{'case':26} {'requests':>9} {'steps':>6} {'cands':>6} {'seconds':>8} {'starts':>6}  verdicts")
+    for name, res, starts in rows:
+        print(f"{name:26} {res.requests_before:>4}->{res.requests_after:<4} {res.steps:>6} {res.candidates:>6} "
+              f"{res.seconds:>8.1f} {starts:>6}  baseline {res.baseline.outcome.value}, "
+              f"suspect {res.suspect.outcome.value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
