@@ -30,7 +30,7 @@ def _plain(value: Any) -> Any:
 def _device(server_args) -> Device:
     import torch
 
-    kind = (server_args.device or "cpu").split(":")[0]
+    kind = (server_args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
     info = {"type": kind, "attention_backend": server_args.attention_backend,
             "torch": str(torch.__version__)}
     if kind == "cuda" and torch.cuda.is_available():

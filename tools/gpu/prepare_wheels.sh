@@ -7,7 +7,7 @@
 #   usage: tools/gpu/prepare_wheels.sh [path/to/build-device-wheels.sh]
 set -euo pipefail
 BUILD=${1:-../shared/gpu/build-device-wheels.sh}
-PY=${PY:-python3}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
 DEST=$(pwd)/.whl PIP="$PY -m pip" bash "$BUILD"
 # what sgl-replay needs beyond sglang's own wheels

@@ -1,0 +1,168 @@
+"""On the lent GPU machine (tools/gpu/capture_on_device.sh runs it): plain
+`python -m sglang.launch_server` servers with SGLREPLAY_RECORD_DIR set, a
+production-sized vocabulary (GPT-2 architecture, 128,256 ids, bf16, dummy
+weights), CUDA graphs and the overlap schedule on, real sampling
+(temperature 1.0), driven by sglang's own bench_serving with shared prefixes.
+
+Four servers share the GPU, started together:
+    long     recording; saturated by bench_serving for >= 60 s, then the
+             overhead rounds
+    plain    the same configuration without recording: the other half of
+             each overhead pair (rounds alternate which goes first)
+    short    recording; a short burst (a golden CI replays on CPU)
+    kv       recording; a 4,096-token KV pool, so that requests are retracted
+Traces, bench results and one JSON line of figures go to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+from sgl_replay.runs.engine import write_model_dir
+
+MODEL = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 256, "n_head": 4,
+         "n_layer": 2, "n_positions": 8192, "n_ctx": 8192, "vocab_size": 128256,
+         "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}
+SERVER_ARGS = ["--load-format", "dummy", "--attention-backend", "triton", "--sampling-backend", "pytorch",
+               "--dtype", "bfloat16", "--mem-fraction-static", "0.15", "--random-seed", "0"]
+READY_S = 400
+
+
+def start(name: str, port: int, model: str, out: str, extra: list[str], record: bool) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("SGLREPLAY_RECORD_DIR", None)
+    if record:
+        env["SGLREPLAY_RECORD_DIR"] = os.path.join(out, name)
+    log = open(f"/tmp/{name}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "sglang.launch_server", "--model-path", model,
+                             "--host", "127.0.0.1", "--port", str(port), *SERVER_ARGS, *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + READY_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} died: {open(f'/tmp/{name}.log').read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{name} not ready in {READY_S}s")
+
+
+def bench(port: int, model: str, out_file: str, *, groups: int, per_group: int, rate: float,
+          system_len: int = 512, question_len: int = 64, output_len: int = 128, seed: int = 1) -> dict:
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+           "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", model, "--model", model,
+           "--dataset-name", "generated-shared-prefix", "--tokenize-prompt",
+           "--gsp-num-groups", str(groups), "--gsp-prompts-per-group", str(per_group),
+           "--gsp-system-prompt-len", str(system_len), "--gsp-question-len", str(question_len),
+           "--gsp-output-len", str(output_len), "--request-rate", str(rate), "--seed", str(seed),
+           "--extra-request-body", json.dumps({"temperature": 1.0}), "--disable-tqdm",
+           "--output-file", out_file]
+    log = out_file + ".log"
+    with open(log, "wb") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=400).returncode
+    if code != 0:
+        tail = [l for l in open(log, errors="replace").read().splitlines() if "regex" not in l][-30:]
+        raise RuntimeError(f"bench_serving exit {code}:\n" + "\n".join(tail))
+    with open(out_file) as f:
+        return json.loads(f.read().strip().splitlines()[-1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server process, as a service manager stops it: the
+    server drains and tells its scheduler to shut down, and the recorder
+    closes its trace (a SIGTERM to the scheduler itself kills it outright)."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=400, help="no new overhead pair after this long")
+    args = parser.parse_args()
+    out = args.out
+    model = write_model_dir(MODEL)
+    pool = ["--max-total-tokens", "200000"]
+    servers = {"long": (30001, pool, True), "plain": (30002, pool, False),
+               "short": (30003, pool, True), "kv": (30004, ["--max-total-tokens", "4096"], True)}
+    procs = {name: start(name, port, model, out, extra, record)
+             for name, (port, extra, record) in servers.items()}
+    figures: dict = {}
+    try:
+        started = time.monotonic()
+        for name, (port, _, _) in servers.items():
+            wait_ready(port, procs[name], name)
+        figures["ready_s"] = round(time.monotonic() - started, 1)
+        # Triton compiles on first use: warm every server up (unrecorded
+        # traffic lands in the traces too; it is part of the run)
+        for name, (port, _, _) in servers.items():
+            bench(port, model, f"/tmp/warm-{name}.jsonl", groups=2, per_group=4, rate=100, seed=7)
+        figures["short"] = bench(30003, model, "/tmp/short.jsonl", groups=4, per_group=8, rate=32)
+        figures["kv"] = bench(30004, model, "/tmp/kv.jsonl", groups=4, per_group=16, rate=64)
+        # 1,536 requests arriving at 100/s: four servers share the machine's
+        # cores, and this backlog keeps the recorded one saturated for a minute
+        figures["long"] = bench(30001, model, "/tmp/long.jsonl", groups=16, per_group=96, rate=100, seed=3)
+        pairs = []
+        for k in range(args.pairs):
+            if time.monotonic() - started > args.budget_s:
+                break
+            order = [("long", 30001), ("plain", 30002)] if k % 2 == 0 else [("plain", 30002), ("long", 30001)]
+            result = {}
+            for name, port in order:
+                result[name] = bench(port, model, f"/tmp/pair-{k}-{name}.jsonl", groups=16, per_group=8,
+                                     rate=64, seed=100 + k)
+            pairs.append(result)
+        keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+        figures["pairs"] = [{side: {k: r[side].get(k) for k in keys} for side in r} for r in pairs]
+        ratios = [p["long"]["output_throughput"] / p["plain"]["output_throughput"] for p in pairs] or [float("nan")]
+        figures["throughput_ratio_median"] = round(statistics.median(ratios), 4)
+        figures["throughput_ratios"] = [round(r, 4) for r in ratios]
+    except BaseException as e:  # noqa: BLE001 — keep what was recorded (a timeout is SIGINT), say what failed
+        figures["error"] = str(e)[-3000:]
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        with open(os.path.join(out, "logs.txt"), "w") as f:
+            for name in servers:
+                text = open(f"/tmp/{name}.log", errors="replace").read()
+                lines = [l for l in text.splitlines() if "sgl-replay" in l or "Error" in l or "error" in l]
+                f.write(f"== {name}\n" + "\n".join(lines[-40:]) + "\n" + "\n".join(text.splitlines()[-15:]) + "\n")
+    for name in ("long", "short", "kv"):
+        traces = sorted(glob.glob(os.path.join(out, name, "*.sglt")))
+        figures[f"{name}_traces"] = [os.path.basename(t) for t in traces]
+        if traces:
+            shutil.move(traces[-1], os.path.join(out, f"{name}.sglt"))
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    figures["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(out, "figures.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
