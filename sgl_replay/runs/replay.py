@@ -68,7 +68,7 @@ def engine_config_for(header: Header, *, device: Optional[str] = None,
                       engine_args: Optional[dict] = None) -> EngineConfig:
     """The engine configuration that reproduces `header`'s run: the embedded
     engine on `device` (default: the recorded device type, if sgl-replay
-    knows it, else cpu) with the header's scheduling settings, and the
+    knows it and this machine has it, else cpu) with the header's scheduling settings, and the
     caller's engine-argument overrides on top. TraceError when the header
     asks for more than a replay allows."""
     if header.not_replayable:
@@ -79,7 +79,10 @@ def engine_config_for(header: Header, *, device: Optional[str] = None,
         if isinstance(value, (int, float)) and value > limit and name not in (engine_args or {}):
             raise TraceError(f"the trace asks for {name}={value}, more than a replay allows ({limit}); "
                              f"pass --engine-arg {name}=N to replay with another value")
+    # the recorded device where this machine has one (a GPU trace on a laptop replays on CPU)
     recorded_device = header.device.type if header.device.type in DEVICE_ARGS else "cpu"
+    if recorded_device == "cuda" and not os.path.exists("/proc/driver/nvidia/version"):
+        recorded_device = "cpu"
     args = {**device_args(device or recorded_device), **plan.engine_args, **(engine_args or {})}
     config = EngineConfig.embedded(engine_args=args, env=plan.env)
     return EngineConfig(engine_args=config.engine_args, env=config.env,
