@@ -345,6 +345,10 @@ def stats(trace: str, as_json: bool) -> None:
             # what recording cost the scheduler loop, measured inside it
             "recorder_share": (round(end.recorder_seconds / end.seconds, 5)
                                if end and end.recorder_seconds is not None and end.seconds else None),
+            # ... over the iterations that ran a forward batch (captures)
+            "recorder_share_busy": (round(end.busy_recorder_seconds / end.busy_seconds, 5)
+                                    if end and end.busy_recorder_seconds is not None and end.busy_seconds
+                                    else None),
         }
     if as_json:
         click.echo(json.dumps(figures))

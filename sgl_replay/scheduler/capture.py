@@ -223,6 +223,13 @@ class Capture(Probe):
         header = build_header(scheduler, None)
         self.recording = Recording(scheduler, self.path, header, capture=True)
         self._open = False  # an iteration is open (begun, not ended)
+        # Loop and recorder time of the iterations that ran a forward batch:
+        # an idle loop spins, and every spin costs the recorder a little, so
+        # the share over the whole run says more about idleness than about
+        # recording. [loop seconds, recorder seconds]; the mark where the
+        # current iteration's window began.
+        self.busy = [0.0, 0.0]
+        self._mark = (time.perf_counter(), 0.0)
         fault = os.environ.get(FAULT_ENV, "")
         self._fault = (fault.partition("@")[0], int(fault.partition("@")[2])) if "@" in fault else None
         note = f" (not replayable: {'; '.join(header.not_replayable)})" if header.not_replayable else ""
@@ -235,7 +242,13 @@ class Capture(Probe):
             if self.scheduler._engine_paused:
                 rec.on_idle()  # a paused engine's loop spins without running anything
             self._open = False
+            ran_batch = bool(rec._batches)
             self.guard(rec.end_iteration if self._fault is None else self._faulty_end)
+            now = time.perf_counter()
+            if ran_batch:
+                self.busy[0] += now - self._mark[0]
+                self.busy[1] += self.own_seconds - self._mark[1]
+            self._mark = (now, self.own_seconds)
         rec = self.recording
         if rec is not None:
             self.guard(rec.begin_iteration)
@@ -270,7 +283,8 @@ class Capture(Probe):
                 return
         self.recording = None
         try:
-            end = rec.close(complete=complete, reason=reason, recorder_seconds=self.own_seconds)
+            end = rec.close(complete=complete, reason=reason, recorder_seconds=self.own_seconds,
+                            busy=tuple(self.busy))
         except Exception:  # noqa: BLE001
             import traceback
 
@@ -290,7 +304,7 @@ class Capture(Probe):
         state = "closed as incomplete"
         if rec is not None:
             try:
-                rec.close(complete=False, reason=reason, recorder_seconds=self.own_seconds)
+                rec.close(complete=False, reason=reason, recorder_seconds=self.own_seconds, busy=tuple(self.busy))
             except Exception:  # noqa: BLE001
                 try:
                     from sgl_replay.trace.writer import seal_incomplete

@@ -430,11 +430,14 @@ class Recording:
             self._relive()
         return gone
 
-    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None) -> End:
+    def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None,
+              busy: Optional[tuple[float, float]] = None) -> End:
         forwards, requests = self._written
         end = End(complete=complete, reason=reason, iterations=self.next_i, forwards=forwards,
                   requests=requests, seconds=round(time.monotonic() - self.started, 6),
-                  recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6))
+                  recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6),
+                  busy_seconds=None if busy is None else round(busy[0], 6),
+                  busy_recorder_seconds=None if busy is None else round(busy[1], 6))
         self.writer.close(end)
         return end
 

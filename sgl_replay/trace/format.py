@@ -18,7 +18,9 @@ array of records (maps). The header is the first frame's only block.
                            forces them at their positions)}
     end      {"t": "end", "complete": bool, "reason": str | None,
               "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
-              "recorder_seconds": of that, time in the recorder's own code}
+              "recorder_seconds": of that, time in the recorder's own code,
+              "busy_seconds", "busy_recorder_seconds": the same over the
+              iterations that ran a forward batch (captures only)}
 
 An iteration in which nothing was pulled, nothing ran and no size changed is
 not written: gaps in "i" are idle loop iterations. A capture of a plain
@@ -118,6 +120,8 @@ class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):
     requests: int
     seconds: Optional[float] = None
     recorder_seconds: Optional[float] = None
+    busy_seconds: Optional[float] = None
+    busy_recorder_seconds: Optional[float] = None
 
 
 Record = Union[Iteration, End]

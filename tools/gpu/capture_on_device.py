@@ -2,15 +2,18 @@
 `python -m sglang.launch_server` servers with SGLREPLAY_RECORD_DIR set, a
 production-sized vocabulary (GPT-2 architecture, 128,256 ids, bf16, dummy
 weights), CUDA graphs and the overlap schedule on, real sampling
-(temperature 1.0), driven by sglang's own bench_serving with shared prefixes.
+(temperature 1.0 in every request's sampling params), driven by sglang's own
+bench_serving with shared prefixes.
 
-Four servers share the GPU, started together:
-    long     recording; saturated by bench_serving for >= 60 s, then the
-             overhead rounds
-    plain    the same configuration without recording: the other half of
-             each overhead pair (rounds alternate which goes first)
+Five servers share the GPU, started together:
     short    recording; a short burst (a golden CI replays on CPU)
-    kv       recording; a 4,096-token KV pool, so that requests are retracted
+    kv       recording; a 4,096-token KV pool, schedule_conservativeness 0.3
+             and EOS honoured, so that the scheduler over-admits and retracts
+             (a golden CI replays on CPU)
+    sat      recording; max_running_requests 32 and 64 requests always in
+             flight, for at least 60 s: saturated (the replay-speed trace)
+    long     recording, and plain, the same configuration without it: the
+             overhead pairs (rounds alternate which goes first)
 Traces, bench results and one JSON line of figures go to OUT.
 """
 
@@ -65,15 +68,22 @@ def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
 
 
 def bench(port: int, model: str, out_file: str, *, groups: int, per_group: int, rate: float,
-          system_len: int = 512, question_len: int = 64, output_len: int = 128, seed: int = 1) -> dict:
+          system_len: int = 512, question_len: int = 64, output_len: int = 128, seed: int = 1,
+          concurrency: int = 0, honour_eos: bool = False) -> dict:
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
            "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", model, "--model", model,
            "--dataset-name", "generated-shared-prefix", "--tokenize-prompt",
            "--gsp-num-groups", str(groups), "--gsp-prompts-per-group", str(per_group),
            "--gsp-system-prompt-len", str(system_len), "--gsp-question-len", str(question_len),
            "--gsp-output-len", str(output_len), "--request-rate", str(rate), "--seed", str(seed),
-           "--extra-request-body", json.dumps({"temperature": 1.0}), "--disable-tqdm",
-           "--output-file", out_file]
+           "--temperature", "1.0", "--disable-tqdm", "--output-file", out_file]
+    # (bench_serving's --temperature goes into sampling_params; a top-level
+    # "temperature" in --extra-request-body is ignored by the server, which
+    # then samples greedily)
+    if concurrency:
+        cmd += ["--max-concurrency", str(concurrency)]
+    if honour_eos:
+        cmd.append("--disable-ignore-eos")
     log = out_file + ".log"
     with open(log, "wb") as f:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=400).returncode
@@ -82,6 +92,16 @@ def bench(port: int, model: str, out_file: str, *, groups: int, per_group: int, 
         raise RuntimeError(f"bench_serving exit {code}:\n" + "\n".join(tail))
     with open(out_file) as f:
         return json.loads(f.read().strip().splitlines()[-1])
+
+
+def trace_figures(path: str) -> dict:
+    """What `sgl-replay stats` says of a trace (retractions, recorder share)."""
+    done = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "stats", path, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": (done.stdout + done.stderr)[-500:]}
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -98,17 +118,63 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def captures(model: str, procs: dict) -> dict:
+    """The short, KV-pressure and saturation recordings."""
+    figures = {"short": bench(30003, model, "/tmp/short.jsonl", groups=4, per_group=8, rate=32),
+               "kv": bench(30004, model, "/tmp/kv.jsonl", groups=4, per_group=12, rate=64, honour_eos=True)}
+    # Saturation: measure the drain rate with 64 in flight, then send enough
+    # for 65 s of it
+    calib = bench(30005, model, "/tmp/sat-calib.jsonl", groups=4, per_group=64, rate=float("inf"),
+                  concurrency=64, seed=5)
+    per_group = max(8, int(calib["request_throughput"] * 65 / 16))
+    sat_started = time.monotonic()
+    figures["sat"] = bench(30005, model, "/tmp/sat.jsonl", groups=16, per_group=per_group,
+                           rate=float("inf"), concurrency=64, seed=3)
+    figures["sat_wall_s"] = round(time.monotonic() - sat_started, 1)
+    stop(procs["sat"])  # its trace ends with the saturation
+    return figures
+
+
+def control_rounds(model: str, servers: dict, started: float, args) -> list:
+    """The same load on each server in turn, the order rotating every round:
+    recorded against plain beside plain against plain."""
+    names = list(servers)
+    keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+    rounds = []
+    for k in range(args.pairs):
+        if time.monotonic() - started > args.budget_s:
+            break
+        order = names[k % 3:] + names[:k % 3]
+        result = {}
+        for name in order:
+            r = bench(servers[name][0], model, f"/tmp/ctl-{k}-{name}.jsonl", groups=16, per_group=24,
+                      rate=64, seed=100 + k)
+            result[name] = {key: r.get(key) for key in keys}
+        rounds.append(result)
+        print(json.dumps(result), flush=True)
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--budget-s", type=float, default=400, help="no new overhead pair after this long")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--budget-s", type=float, default=440, help="no new overhead pair after this long")
+    parser.add_argument("--pairs-only", action="store_true", help="only the long and plain servers' pairs")
+    parser.add_argument("--control", action="store_true",
+                        help="rounds over three servers, one recording and two plain (the noise floor)")
     args = parser.parse_args()
     out = args.out
     model = write_model_dir(MODEL)
     pool = ["--max-total-tokens", "200000"]
-    servers = {"long": (30001, pool, True), "plain": (30002, pool, False),
-               "short": (30003, pool, True), "kv": (30004, ["--max-total-tokens", "4096"], True)}
+    servers = {"short": (30003, pool, True),
+               "kv": (30004, ["--max-total-tokens", "4096", "--schedule-conservativeness", "0.3"], True),
+               "sat": (30005, [*pool, "--max-running-requests", "32"], True),
+               "long": (30001, pool, True), "plain": (30002, pool, False)}
+    if args.pairs_only or args.control:
+        servers = {name: servers[name] for name in ("long", "plain")}
+    if args.control:
+        servers["plain2"] = (30006, pool, False)
     procs = {name: start(name, port, model, out, extra, record)
              for name, (port, extra, record) in servers.items()}
     figures: dict = {}
@@ -121,11 +187,11 @@ def main() -> None:
         # traffic lands in the traces too; it is part of the run)
         for name, (port, _, _) in servers.items():
             bench(port, model, f"/tmp/warm-{name}.jsonl", groups=2, per_group=4, rate=100, seed=7)
-        figures["short"] = bench(30003, model, "/tmp/short.jsonl", groups=4, per_group=8, rate=32)
-        figures["kv"] = bench(30004, model, "/tmp/kv.jsonl", groups=4, per_group=16, rate=64)
-        # 1,536 requests arriving at 100/s: four servers share the machine's
-        # cores, and this backlog keeps the recorded one saturated for a minute
-        figures["long"] = bench(30001, model, "/tmp/long.jsonl", groups=16, per_group=96, rate=100, seed=3)
+        if not (args.pairs_only or args.control):
+            figures.update(captures(model, procs))
+        if args.control:
+            figures["rounds"] = control_rounds(model, servers, started, args)
+            raise SystemExit(0)
         pairs = []
         for k in range(args.pairs):
             if time.monotonic() - started > args.budget_s:
@@ -133,14 +199,17 @@ def main() -> None:
             order = [("long", 30001), ("plain", 30002)] if k % 2 == 0 else [("plain", 30002), ("long", 30001)]
             result = {}
             for name, port in order:
-                result[name] = bench(port, model, f"/tmp/pair-{k}-{name}.jsonl", groups=16, per_group=8,
+                result[name] = bench(port, model, f"/tmp/pair-{k}-{name}.jsonl", groups=16, per_group=24,
                                      rate=64, seed=100 + k)
             pairs.append(result)
-        keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+        keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms",
+                "completed", "duration")
         figures["pairs"] = [{side: {k: r[side].get(k) for k in keys} for side in r} for r in pairs]
         ratios = [p["long"]["output_throughput"] / p["plain"]["output_throughput"] for p in pairs] or [float("nan")]
         figures["throughput_ratio_median"] = round(statistics.median(ratios), 4)
         figures["throughput_ratios"] = [round(r, 4) for r in ratios]
+    except SystemExit:
+        pass
     except BaseException as e:  # noqa: BLE001 — keep what was recorded (a timeout is SIGINT), say what failed
         figures["error"] = str(e)[-3000:]
     finally:
@@ -151,11 +220,12 @@ def main() -> None:
                 text = open(f"/tmp/{name}.log", errors="replace").read()
                 lines = [l for l in text.splitlines() if "sgl-replay" in l or "Error" in l or "error" in l]
                 f.write(f"== {name}\n" + "\n".join(lines[-40:]) + "\n" + "\n".join(text.splitlines()[-15:]) + "\n")
-    for name in ("long", "short", "kv"):
+    for name in ("long", "short", "kv", "sat"):
         traces = sorted(glob.glob(os.path.join(out, name, "*.sglt")))
         figures[f"{name}_traces"] = [os.path.basename(t) for t in traces]
         if traces:
             shutil.move(traces[-1], os.path.join(out, f"{name}.sglt"))
+            figures[f"{name}_stats"] = trace_figures(os.path.join(out, f"{name}.sglt"))
         shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     figures["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                     capture_output=True, text=True).stdout.strip()
