@@ -21,6 +21,11 @@ import click
 from sgl_replay.runs.check import ExitCode
 from sgl_replay.trace.reader import TraceError, TraceReader
 
+# A trace argument: a file, a directory holding one recording, or a
+# recording's name prefix (DIR/RUN for the chain RUN.0000.sglt, ...) that a
+# rotating capture wrote; the reader resolves it and says what is wrong.
+TRACE_PATH = click.Path()
+
 
 class Failure(click.ClickException):
     """A one-line error with its own exit code."""
@@ -243,7 +248,7 @@ def workloads() -> None:
 
 # ------------------------------------------------------------------ read
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("--iter", "iter_range", default=None, metavar="A:B",
               help="Only iterations A..B-1 (either end may be left out).")
 @click.option("--rid", default=None, help="Only what concerns this request.")
@@ -301,7 +306,7 @@ def _parse_range(text: Optional[str]) -> tuple[float, float]:
 
 
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @_errors_to_exit_codes
 def seal(trace: str) -> None:
     """Close a trace a killed process left torn (a .partial file, or a trace
@@ -315,7 +320,7 @@ def seal(trace: str) -> None:
 
 
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @_errors_to_exit_codes
 def stats(trace: str, as_json: bool) -> None:
@@ -360,7 +365,7 @@ def stats(trace: str, as_json: bool) -> None:
 
 # ------------------------------------------------------------------ replay
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the observed trace.")
 @_engine_options
@@ -406,8 +411,8 @@ def _options(level: str, ignore: tuple[str, ...], force: bool):
 
 
 @main.command()
-@click.argument("a", type=click.Path(dir_okay=False))
-@click.argument("b", type=click.Path(dir_okay=False))
+@click.argument("a", type=TRACE_PATH)
+@click.argument("b", type=TRACE_PATH)
 @_diff_options
 @_errors_to_exit_codes
 def diff(a: str, b: str, as_json: bool, level: str, ignore: tuple[str, ...], force: bool) -> None:
@@ -429,8 +434,8 @@ def diff(a: str, b: str, as_json: bool, level: str, ignore: tuple[str, ...], for
 
 
 @main.command()
-@click.argument("a", type=click.Path(dir_okay=False))
-@click.argument("b", type=click.Path(dir_okay=False))
+@click.argument("a", type=TRACE_PATH)
+@click.argument("b", type=TRACE_PATH)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write.")
 @click.option("--level", type=click.Choice(["composition", "full"]), default="full", show_default=True)
@@ -453,7 +458,7 @@ def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], for
 
 
 @main.command("export")
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("--format", "fmt", type=click.Choice(["mooncake", "csv"]), default="mooncake",
               show_default=True, help="mooncake: JSONL with hash_ids; csv: arrival_ms, prompt_tokens, "
                                       "completion_tokens.")
@@ -474,7 +479,7 @@ def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_m
 
 
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Where to write the Chrome trace-event JSON (default: TRACE.json.gz).")
 @_errors_to_exit_codes
@@ -490,7 +495,7 @@ def timeline(trace: str, output: Optional[str]) -> None:
 
 
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Keep the (last) observed trace here (default: a temporary file).")
 @click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
@@ -532,7 +537,7 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
 
 # ------------------------------------------------------------------ minimize
 @main.command()
-@click.argument("trace", type=click.Path(dir_okay=False, exists=True))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The minimized trace to write (.sglt).")
 @click.option("--match", type=click.Choice(["kinds", "any"]), default="kinds", show_default=True,
@@ -578,7 +583,7 @@ def minimize(trace: str, output: str, match: str, no_verify: bool, device: Optio
 
 
 @main.command("export-test")
-@click.argument("trace", type=click.Path(dir_okay=False, exists=True))
+@click.argument("trace", type=TRACE_PATH)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The pytest file to write (test_NAME.py).")
 @_errors_to_exit_codes
@@ -605,7 +610,7 @@ def export_test(trace: str, output: str) -> None:
               help="Replays per step; a step with mixed results is inconclusive and skipped.")
 @click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
               help="Write the first bad commit's HTML report (its replay against TRACE) here.")
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", type=TRACE_PATH)
 @_engine_options
 @_errors_to_exit_codes
 def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, report_path: Optional[str],

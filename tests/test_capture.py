@@ -24,6 +24,7 @@ import pytest
 
 from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
 from sgl_replay.trace.format import unpack_ids
+from sgl_replay.trace.format import End
 from sgl_replay.trace.reader import TraceReader
 
 READY_MARKER = "The server is fired up and ready to roll"
@@ -220,6 +221,44 @@ def test_disconnect_is_captured_as_an_abort(captured):
     assert any(x["type"] == "abort" and x["rid"] == "gone" for r in records for x in r.inputs)
 
 
+@pytest.fixture(scope="module")
+def captured_again(tmp_path_factory):
+    """The same bench_serving traffic (same seed, same prompts) recorded by
+    a second server whose trace rotates every ~8 KB."""
+    tmp = tmp_path_factory.mktemp("capture-again")
+    record_dir = tmp / "traces"
+    server = Server(tmp, "server", {"SGLREPLAY_RECORD_DIR": str(record_dir), "SGLREPLAY_SEGMENT_BYTES": "8000"})
+    try:
+        _bench(server, tmp / "bench.jsonl")
+    finally:
+        server.stop()
+    return record_dir, tmp
+
+
+def _arrivals_and_lengths(path, n: int) -> tuple[list, list]:
+    with TraceReader(str(path)) as reader:
+        records = list(reader.iterations())
+    arrivals = [r.i for r in records for x in r.inputs if x["type"] == "generate"][:n]
+    lengths = dict((f[0], f[2]) for r in records for f in r.finished)
+    return arrivals, [lengths.get(k) for k in range(n)]
+
+
+def test_same_traffic_recorded_twice_differs_and_each_replays(captured, captured_again):
+    """Real sampling and real timing: the second recording of the same
+    traffic differs from the first (arrival iterations or output lengths),
+    it came in a chain of files, and the chain replays as one run."""
+    traces, *_ = captured
+    record_dir, tmp = captured_again
+    links = sorted(record_dir.glob("*.sglt"))
+    assert len(links) >= 2 and links[0].name.endswith(".0000.sglt")
+    assert _arrivals_and_lengths(traces[0], 65) != _arrivals_and_lengths(record_dir, 65)
+    proc = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "check", str(record_dir), "--json",
+                           "-o", str(tmp / "replay.sglt")], capture_output=True, text=True, timeout=600)
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + proc.stderr
+    assert verdict["diff"]["level"] == "full" and verdict["diff"]["forwards_compared"] > 50
+
+
 # ------------------------------------------------------------------ failures
 def test_injected_fault_stops_recording_not_serving(tmp_path):
     record_dir = tmp_path / "traces"
@@ -315,3 +354,92 @@ def test_missing_target_is_one_line_and_no_hooks(monkeypatch, caplog):
     assert capture.register("/nonexistent") is False
     assert {k: list(v) for k, v in HookRegistry._hooks.items()} == before
     assert "not supported: sglang.srt.managers.scheduler.Scheduler.on_idle missing; not recording" in caplog.text
+
+
+# ------------------------------------------------------------------ rotation
+def _fake_capture(directory: Path, monkeypatch, steps: int = 60, stamp: str = "20261203-000000",
+                  **env) -> "capture.Capture":
+    """A Capture of a stand-in scheduler whose sizes change every iteration
+    (so each is written), flushed every iteration."""
+    from sgl_replay.scheduler import capture, header as header_mod
+    from sgl_replay.trace import writer as writer_mod
+    from sgl_replay.trace.format import Header
+
+    monkeypatch.setattr(header_mod, "build_header", lambda scheduler, job: Header())
+    monkeypatch.setattr(writer_mod, "FLUSH_INTERVAL_S", 0.0)
+    monkeypatch.setattr(capture.time, "strftime", lambda fmt: stamp)
+    for key in (capture.SEGMENT_BYTES_ENV, capture.SEGMENT_SECONDS_ENV, capture.MAX_BYTES_ENV):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(getattr(capture, key), str(value))
+    fake = _FakeScheduler()
+    c = capture.Capture(fake, str(directory))
+    for k in range(steps):
+        fake.waiting_queue = [None] * (k % 7)
+        c.step()
+    c.finish(complete=True, reason=None)
+    return c
+
+
+def _body(path) -> tuple[list, "End"]:
+    with TraceReader(str(path)) as reader:
+        return list(reader.iterations()), reader.end
+
+
+def test_rotated_capture_reads_as_one_chain(tmp_path, monkeypatch):
+    _fake_capture(tmp_path / "whole", monkeypatch)
+    c = _fake_capture(tmp_path / "rotated", monkeypatch, SEGMENT_BYTES_ENV=400)
+    whole, whole_end = _body(next((tmp_path / "whole").glob("*.sglt")))
+    links = sorted((tmp_path / "rotated").glob("*.sglt"))
+    assert len(links) >= 3 and [p.name for p in links] == [f"{c.header.segment.run}.{k:04d}.sglt"
+                                                          for k in range(len(links))]
+    for k, link in enumerate(links):  # each file is a trace of its own
+        records, end = _body(link)
+        assert records and end.complete == (k == len(links) - 1)
+        if k < len(links) - 1:
+            assert end.reason == f"rotated: continues in {links[k + 1].name}"
+    for chain in (tmp_path / "rotated", tmp_path / "rotated" / c.header.segment.run):
+        records, end = _body(chain)
+        assert records == whole and end.iterations == whole_end.iterations and end.complete
+
+
+def test_rotation_by_time(tmp_path, monkeypatch):
+    from sgl_replay.scheduler import capture
+
+    monkeypatch.setattr(capture.time, "monotonic", iter(range(0, 10_000, 1)).__next__)
+    _fake_capture(tmp_path, monkeypatch, steps=30, SEGMENT_SECONDS_ENV=10)
+    assert len(list(tmp_path.glob("*.sglt"))) >= 2
+    records, end = _body(tmp_path)
+    assert end.complete and len(records) >= 25
+
+
+def test_size_cap_stops_the_recording_cleanly(tmp_path, monkeypatch, caplog):
+    c = _fake_capture(tmp_path, monkeypatch, steps=200, SEGMENT_BYTES_ENV=400, MAX_BYTES_ENV=1500)
+    assert c.recording is None
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.sglt")) < 1500 + 1000
+    records, end = _body(tmp_path)
+    assert not end.complete and end.reason.startswith("size cap: ") and 10 < len(records) < 150
+    assert [r.message for r in caplog.records if "size cap" in r.message][0].startswith("sgl-replay: trace ")
+
+
+def test_a_broken_chain_is_bad_input(tmp_path, monkeypatch):
+    from sgl_replay.trace.reader import TraceError
+
+    _fake_capture(tmp_path / "a", monkeypatch, SEGMENT_BYTES_ENV=400)
+    _fake_capture(tmp_path / "b", monkeypatch, steps=70, stamp="20261203-000001", SEGMENT_BYTES_ENV=400)
+    a = sorted((tmp_path / "a").glob("*.sglt"))
+    b = sorted((tmp_path / "b").glob("*.sglt"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    a[1].rename(a[1].with_suffix(".gone"))  # a gap in the numbers
+    with pytest.raises(TraceError, match="link 1 of the recording is missing"):
+        _body(tmp_path / "a")
+    # another recording's link under this one's name
+    run = a[0].name.split(".")[0]
+    for link in a[:1] + b[1:]:
+        (mixed / link.name.replace(link.name.split(".")[0], run)).write_bytes(link.read_bytes())
+    with pytest.raises(TraceError, match="does not continue|link .* where link"):
+        _body(mixed)
+    (mixed / "other.sglt").write_bytes(b[0].read_bytes())
+    with pytest.raises(TraceError, match="holds 2 recordings"):
+        _body(mixed)

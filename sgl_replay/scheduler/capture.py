@@ -27,8 +27,12 @@ batch's results are processed in the next iteration, which end_iteration sees
 there, as it does under the scripted runtime.
 
 Only the driver rank (pp_rank, attn_tp_rank and attn_cp_rank 0, sglang's own
-test) writes, to DIR/<YYYYmmdd-HHMMSS>-<pid>.sglt; other ranks' hooks do one
-test and return. The recorder never harms serving: any exception in it, an
+test) writes, to DIR/<YYYYmmdd-HHMMSS>-<pid>.0000.sglt; other ranks' hooks do
+one test and return. The file rotates (.0001.sglt, ...) when it reaches
+SGLREPLAY_SEGMENT_BYTES or has been open SGLREPLAY_SEGMENT_SECONDS: each file
+is a trace of its own, and the chain (`sgl-replay check DIR`) replays as one
+run. SGLREPLAY_MAX_BYTES caps what one recording writes: past it, the
+recording stops (one log line) and the server goes on. The recorder never harms serving: any exception in it, an
 unwritable directory, a full disk or a record it cannot encode stops the
 recording (the trace closed or sealed as incomplete, one log line) and the
 server keeps serving. Hooks whose targets this sglang lacks are not
@@ -44,10 +48,14 @@ import time
 from typing import Optional
 
 from sgl_replay.scheduler.recorder import Probe, Recording
+from sgl_replay.trace.format import Segment, segment_name
 
 logger = logging.getLogger(__name__)
 
-SUFFIX = ".sglt"
+SEGMENT_BYTES_ENV = "SGLREPLAY_SEGMENT_BYTES"
+SEGMENT_SECONDS_ENV = "SGLREPLAY_SEGMENT_SECONDS"
+MAX_BYTES_ENV = "SGLREPLAY_MAX_BYTES"
+DEFAULT_SEGMENT_BYTES = 256 << 20
 # Tests only: "raise@N" makes the recorder raise at the end of iteration N,
 # "oserror@N" makes it fail as a full disk would (ENOSPC from the writer).
 FAULT_ENV = "SGLREPLAY_CAPTURE_FAULT"
@@ -79,6 +87,20 @@ NOT_INPUTS = frozenset({
 # a Capture (the driver rank) or _OFF.
 _capture = None
 _OFF = object()
+
+
+def _env_int(name: str, default: int) -> int:
+    """A size or time from the environment; a bad value is logged and the
+    default used (the recorder never stops a server from starting)."""
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw else default
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        logger.warning("sgl-replay: %s=%r is not a whole number >= 0; using %d", name, raw, default)
+        return default
 
 
 def in_scheduler_process() -> bool:
@@ -218,10 +240,18 @@ class Capture(Probe):
 
         super().__init__(scheduler, proxy=None)
         os.makedirs(record_dir, exist_ok=True)
-        self.path = os.path.join(os.path.abspath(record_dir),
-                                 f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{SUFFIX}")
+        self.directory = os.path.abspath(record_dir)
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.path = os.path.join(self.directory, segment_name(run, 0))
         header = build_header(scheduler, None)
+        header.segment = Segment(run=run)
+        self.header = header
+        self.segment_bytes = _env_int(SEGMENT_BYTES_ENV, DEFAULT_SEGMENT_BYTES)
+        self.segment_seconds = _env_int(SEGMENT_SECONDS_ENV, 0)
+        self.max_bytes = _env_int(MAX_BYTES_ENV, 0)
+        self.earlier_bytes = 0  # what the chain's closed files hold
         self.recording = Recording(scheduler, self.path, header, capture=True)
+        self._rotate_at = time.monotonic() + self.segment_seconds if self.segment_seconds else float("inf")
         self._open = False  # an iteration is open (begun, not ended)
         # Loop and recorder time of the iterations that ran a forward batch:
         # an idle loop spins, and every spin costs the recorder a little, so
@@ -249,10 +279,32 @@ class Capture(Probe):
                 self.busy[0] += now - self._mark[0]
                 self.busy[1] += self.own_seconds - self._mark[1]
             self._mark = (now, self.own_seconds)
+            rec = self.recording
+            if rec is not None and (self.segment_bytes and rec.writer.file_bytes >= self.segment_bytes
+                                    or self.max_bytes and self.earlier_bytes + rec.writer.file_bytes >= self.max_bytes
+                                    or time.monotonic() >= self._rotate_at):
+                self.guard(self._next_file)
         rec = self.recording
         if rec is not None:
             self.guard(rec.begin_iteration)
             self._open = self.recording is not None
+
+    def _next_file(self) -> None:
+        """Stop at the size cap, or go on in the chain's next file."""
+        rec = self.recording
+        written = self.earlier_bytes + rec.writer.file_bytes
+        if self.max_bytes and written >= self.max_bytes:
+            self.finish(complete=False, reason=f"size cap: {written} bytes written, {MAX_BYTES_ENV}={self.max_bytes}; "
+                                               f"not recording any more, the server keeps serving")
+            return
+        index = self.header.segment.index + 1
+        self.header.segment = Segment(run=self.header.segment.run, index=index)
+        path = os.path.join(self.directory, segment_name(self.header.segment.run, index))
+        self.earlier_bytes += rec.writer.file_bytes
+        rec.rotate(path, self.header)
+        self.path = path
+        if self.segment_seconds:
+            self._rotate_at = time.monotonic() + self.segment_seconds
 
     def _faulty_end(self) -> None:
         kind, at = self._fault
@@ -291,7 +343,8 @@ class Capture(Probe):
             self.failure = traceback.format_exc()
             self.failed(rec)
             return
-        logger.info("sgl-replay: trace %s closed%s: %d iterations, %d forward batches, %d requests",
+        (logger.info if complete else logger.warning)(
+                    "sgl-replay: trace %s closed%s: %d iterations, %d forward batches, %d requests",
                     self.path, "" if complete else f" as incomplete ({reason})",
                     end.iterations, end.forwards, end.requests)
 

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import traceback
 from array import array
 from typing import Any, Generator, Optional
+
+import msgspec
 
 from sgl_replay.scheduler import inputs as input_codec
 from sgl_replay.trace.format import ITER, End, Header, pack_ids
@@ -429,6 +432,21 @@ class Recording:
                     gone.append(self._finish(n, r))
             self._relive()
         return gone
+
+    def rotate(self, path: str, header: Header) -> End:
+        """Between two iterations: end this file (an incomplete end record
+        that names the next) and go on writing in a new one whose header's
+        segment numbers on from here (trace/format.py, Segment)."""
+        forwards, requests = self._written
+        end = End(complete=False, reason=f"rotated: continues in {os.path.basename(path)}",
+                  iterations=self.next_i, forwards=forwards, requests=requests,
+                  seconds=round(time.monotonic() - self.started, 6))
+        segment = msgspec.structs.replace(header.segment, iterations=self.next_i, forwards=forwards,
+                                          requests=requests)
+        writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment))
+        self.writer.close(end)
+        self.writer, self.path = writer, path
+        return end
 
     def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None,
               busy: Optional[tuple[float, float]] = None) -> End:

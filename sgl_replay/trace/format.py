@@ -201,6 +201,26 @@ class Source(msgspec.Struct, omit_defaults=True):
     overrides: Optional[dict] = None  # a replay's device and engine-argument overrides
 
 
+class Segment(msgspec.Struct, omit_defaults=True):
+    """A capture written as a chain of files (rotated by size or time): which
+    recording (`run`, the names' common prefix) and which link of it, and the
+    counts the earlier links hold: this file's iterations, forward batches
+    and requests are numbered on from them. A link is a trace of its own;
+    only the chain from link 0 replays."""
+    run: str
+    index: int = 0
+    iterations: int = 0
+    forwards: int = 0
+    requests: int = 0
+
+
+SEGMENT_SUFFIX = ".sglt"
+# A link's file name: <run>.<index>.sglt, sortable (the run starts with the
+# time it started).
+def segment_name(run: str, index: int) -> str:
+    return f"{run}.{index:04d}{SEGMENT_SUFFIX}"
+
+
 class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     format: Optional[int] = None
     versions: Versions = msgspec.field(default_factory=Versions)
@@ -219,6 +239,7 @@ class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     # Why this run cannot be replayed (speculative decoding, data-parallel
     # attention, ...), said at record time; `check` refuses such a trace.
     not_replayable: list[str] = msgspec.field(default_factory=list)
+    segment: Optional[Segment] = None
 
     def to_dict(self) -> dict:
         """Plain values, as stored (for JSON output and for writing)."""

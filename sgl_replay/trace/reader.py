@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from typing import Iterator, Optional
 
 import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, End, Header,
-                                     Iteration, Record, pack_ids)
+from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, SEGMENT_SUFFIX, End,
+                                     Header, Iteration, Record, Segment, pack_ids)
 
 # Caps on what a file can make the reader hold. They are constants, not
 # anything the file declares: a 39 KB file used to make a read allocate 2 GB.
@@ -217,15 +218,28 @@ class TraceReader:
     """
 
     def __init__(self, path: str, *, keep_torn: bool = False) -> None:
-        self.path = path
+        # A directory or a run's name prefix reads the chain of files a
+        # rotating capture wrote (trace/format.py, Segment) as one trace.
+        self._links = chain_paths(path)
         self._keep_torn = keep_torn
+        self.file_bytes = 0
+        self.raw_bytes = 0
+        self.frames = 0
+        self._open(self._links[0])
+        try:
+            self.header: Header = self._check_header(next(self._records, None))
+            self._first_segment = self._check_segment(self.header, 0)
+        except TraceError:
+            self.close()
+            raise
+
+    def _open(self, path: str) -> None:
+        self.path = path
         try:
             self._file = open(path, "rb", buffering=1 << 16)
         except OSError as e:
             raise TraceError(f"cannot open trace {path}: {e.strerror}") from None
-        self.file_bytes = os.fstat(self._file.fileno()).st_size
-        self.raw_bytes = 0
-        self.frames = 0
+        self.file_bytes += os.fstat(self._file.fileno()).st_size
         self.good_bytes = 0  # end of the last frame that ended and whose records all checked
         self.torn_records: list = []  # with keep_torn: records of the frame being read that checked
         self.end: Optional[End] = None
@@ -233,11 +247,43 @@ class TraceReader:
         self._header_frame_blocks = False  # the header came in a frame of blocks (format 3)
         self._header_frame_checksummed = False
         self._records = self._iter_records()
-        try:
-            self.header: Header = self._check_header(next(self._records, None))
-        except TraceError:
-            self.close()
-            raise
+
+    def _check_segment(self, header: Header, index: int) -> Segment:
+        """The counts this file numbers on from: zero for a whole trace and a
+        chain's first link; a later link must be the one expected."""
+        seg = header.segment
+        if seg is None:
+            if len(self._links) > 1:
+                raise TraceError(f"{self.path}: not part of a chain of trace files (no segment in its header)")
+            return Segment(run="")
+        if min(seg.index, seg.iterations, seg.forwards, seg.requests) < 0:
+            raise TraceError(f"{self.path}: bad segment in its header ({seg})")
+        if len(self._links) > 1 and seg.index != index:
+            raise TraceError(f"{self.path}: link {seg.index} of its recording where link {index} belongs")
+        if len(self._links) > 1 and index == 0 and (seg.iterations or seg.forwards or seg.requests):
+            raise TraceError(f"{self.path}: the chain's first link numbers on from {seg}")
+        return seg
+
+    def _next_link(self, end: End) -> Optional[Segment]:
+        """After a link's end record: open the next link of the chain and
+        check that it continues this one; None after the last link."""
+        index = self._links.index(self.path) + 1
+        if index == len(self._links):
+            return None
+        if end.complete:
+            raise TraceError(f"{self.path}: the recording ended here, but {self._links[index]} follows")
+        first = self.header
+        self._file.close()
+        self._open(self._links[index])
+        header = self._check_header(next(self._records, None))
+        seg = self._check_segment(header, index)
+        if (seg.run != self._first_segment.run or header.format != first.format
+                or (seg.iterations, seg.forwards, seg.requests) != (end.iterations, end.forwards, end.requests)):
+            raise TraceError(f"{self.path}: does not continue {self._links[index - 1]} (starts at "
+                             f"iteration {seg.iterations}, forward {seg.forwards}, request {seg.requests} "
+                             f"of run {seg.run!r}; that one ended at {end.iterations}, {end.forwards}, "
+                             f"{end.requests})")
+        return seg
 
     def _check_header(self, first) -> Header:
         path = self.path
@@ -297,12 +343,19 @@ class TraceReader:
           iterations >= last i + 1, forwards == last
           batch's fwd + 1 (0 without batches), requests == generate inputs.
         The hot loop of every reader: keep it lean."""
-        path = self.path
         keep_torn = self._keep_torn
+        seg = self._first_segment
+        while seg is not None:
+            yield from self._link_iterations(seg, keep_torn)
+            seg = self._next_link(self.end)
+
+    def _link_iterations(self, seg: Segment, keep_torn: bool) -> Iterator[Iteration]:
+        """One file's records, numbered on from `seg`'s counts."""
+        path = self.path
         last_reqs = None
-        last_i = -1
-        last_batch = None
-        requests = 0  # generate inputs so far
+        last_i = seg.iterations - 1
+        last_fwd = seg.forwards - 1
+        requests = seg.requests  # generate inputs so far
         for record in self._records:
             if type(record) is Iteration:
                 i = record.i
@@ -324,14 +377,14 @@ class TraceReader:
                         last_reqs = reqs
                     if batch.new is not None or batch.cached is not None or batch.chunked is not None:
                         _check_batch(record, batch, requests, path)
-                    last_batch = batch
+                    last_fwd = batch.fwd
                 if record.finished or record.retracted:
                     _check_finished_and_retracted(record, requests, path)
                 if keep_torn:
                     self.torn_records.append(record)
                 yield record
             elif type(record) is End:
-                _check_end(record, last_i, last_batch.fwd if last_batch else -1, requests, path)
+                _check_end(record, last_i, last_fwd, requests, path)
                 self.end = record
                 if keep_torn:
                     self.torn_records.append(record)
@@ -440,6 +493,43 @@ class TraceReader:
             self.frames += 1
             index += 1
             self.torn_records = []
+
+
+_LINK_NAME = re.compile(r"^(?P<run>.+)\.(?P<index>\d{4,})" + re.escape(SEGMENT_SUFFIX) + "$")
+
+
+def chain_paths(path: str) -> list[str]:
+    """The files a trace path names, in order: a file is itself; a directory
+    holding one recording, or a recording's name prefix (DIR/RUN for files
+    DIR/RUN.0000.sglt, DIR/RUN.0001.sglt, ...), is that recording's chain.
+    The link numbers must run 0, 1, 2, ... without a gap."""
+    if os.path.isfile(path) or not (os.path.isdir(path) or os.path.isdir(os.path.dirname(path) or ".")):
+        return [path]
+    directory, prefix = (path, None) if os.path.isdir(path) else (os.path.dirname(path) or ".", os.path.basename(path))
+    runs: dict[str, dict[int, str]] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise TraceError(f"cannot list {directory}: {e.strerror}") from None
+    for name in names:
+        m = _LINK_NAME.match(name)
+        if m and (prefix is None or m["run"] == prefix):
+            runs.setdefault(m["run"], {})[int(m["index"])] = os.path.join(directory, name)
+        elif prefix is None and name.endswith(SEGMENT_SUFFIX):
+            runs.setdefault(name, {})[0] = os.path.join(directory, name)
+    if not runs:
+        if prefix is None:
+            raise TraceError(f"{path}: a directory with no trace in it")
+        return [path]  # the open fails, naming it
+    if len(runs) > 1:
+        shown = ", ".join(os.path.join(directory, r) for r in list(runs)[:3])
+        raise TraceError(f"{path}: holds {len(runs)} recordings; name one ({shown}{', ...' if len(runs) > 3 else ''})")
+    (links,) = runs.values()
+    missing = next((k for k in range(len(links)) if k not in links), None)
+    if missing is not None:
+        raise TraceError(f"{path}: link {missing} of the recording is missing ({len(links)} files, "
+                         f"numbered up to {max(links)})")
+    return [links[k] for k in range(len(links))]
 
 
 def _one_line(error: BaseException) -> str:

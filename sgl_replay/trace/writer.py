@@ -51,6 +51,7 @@ class TraceWriter:
         self._last_reqs = None  # the previous forward batch's "reqs"
         self._failed: Optional[OSError] = None  # the write error that stopped this writer
         self.raw_bytes = 0
+        self.file_bytes = 0  # compressed bytes handed to the file
         # The header travels alone in the first frame: `show` reads it without
         # decompressing the body. The layout is this writer's: so is the version.
         self.write(msgspec.to_builtins(msgspec.structs.replace(header, format=FORMAT_VERSION)))
@@ -128,6 +129,7 @@ class TraceWriter:
         if out:
             try:
                 self._file.write(out)
+                self.file_bytes += len(out)
                 self._file.flush()
                 if end_frame:
                     os.fsync(self._file.fileno())
