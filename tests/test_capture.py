@@ -323,7 +323,8 @@ def test_full_disk_seals_the_trace(tmp_path, monkeypatch, caplog):
         c.step()
         time.sleep(0.6)  # past the writer's flush interval: what was written reached the disk
     assert c.recording is None
-    assert "sealed as incomplete" in caplog.text or "closed as incomplete" in caplog.text
+    _join_writer_threads()  # the writer's thread seals it, off the loop
+    assert f"trace {c.path} sealed as incomplete (recorder failed: OSError" in caplog.text
     with TraceReader(c.path) as reader:
         records = list(reader.iterations())
         assert not reader.end.complete and "No space left" in reader.end.reason
@@ -377,8 +378,23 @@ def _fake_capture(directory: Path, monkeypatch, steps: int = 60, stamp: str = "2
     for k in range(steps):
         fake.waiting_queue = [None] * (k % 7)
         c.step()
+        # sizes are counted as the writer's thread writes: let it catch up,
+        # so that where files rotate does not depend on thread timing
+        while c.recording is not None and c.recording.writer._disk.backlog:
+            time.sleep(0.001)
     c.finish(complete=True, reason=None)
+    _join_writer_threads()
     return c
+
+
+def _join_writer_threads() -> None:
+    """Wait for writers' disk threads that finish on their own (a rotation's
+    or a stopped recording's close)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "sgl-replay-writer":
+            thread.join(10)
 
 
 def _body(path) -> tuple[list, "End"]:
@@ -420,6 +436,46 @@ def test_size_cap_stops_the_recording_cleanly(tmp_path, monkeypatch, caplog):
     records, end = _body(tmp_path)
     assert not end.complete and end.reason.startswith("size cap: ") and 10 < len(records) < 150
     assert [r.message for r in caplog.records if "size cap" in r.message][0].startswith("sgl-replay: trace ")
+
+
+def test_a_stalled_disk_never_stalls_the_loop(tmp_path, monkeypatch, caplog):
+    """The disk stops answering (every fsync hangs): the loop's iterations go
+    on, the backlog grows to its cap, the recording stops with one line and
+    the loop still goes on; once the disk answers, the trace is sealed with
+    the reason and keeps every record written before the stop."""
+    import threading
+
+    from sgl_replay.scheduler import capture, header as header_mod
+    from sgl_replay.trace import writer as writer_mod
+    from sgl_replay.trace.format import Header
+
+    disk = threading.Event()
+    answered_while_stalled = []
+
+    def stalled_fsync(fd):
+        answered_while_stalled.append(disk.wait(30))
+
+    monkeypatch.setattr(header_mod, "build_header", lambda scheduler, job: Header())
+    monkeypatch.setattr(writer_mod, "FLUSH_INTERVAL_S", 0.0)
+    monkeypatch.setattr(writer_mod, "MAX_BACKLOG_BYTES", 4000)
+    monkeypatch.setattr(writer_mod.os, "fsync", stalled_fsync)
+    fake = _FakeScheduler()
+    c = capture.Capture(fake, str(tmp_path))
+    steps = 0
+    while c.recording is not None and steps < 10_000:
+        fake.waiting_queue = [None] * (steps % 7)
+        c.step()
+        steps += 1
+    for k in range(50):  # the loop goes on after the recording stopped
+        c.step()
+    assert not disk.is_set() and c.recording is None and 20 < steps < 10_000
+    assert "the disk is not keeping up" in caplog.text
+    disk.set()
+    _join_writer_threads()
+    assert all(answered_while_stalled)  # no fsync returned before the disk answered
+    records, end = _body(c.path)
+    assert not end.complete and "the disk is not keeping up" in end.reason
+    assert [r.i for r in records] == list(range(len(records))) and len(records) >= steps - 5
 
 
 def test_a_broken_chain_is_bad_input(tmp_path, monkeypatch):

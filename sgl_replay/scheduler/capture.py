@@ -295,7 +295,7 @@ class Capture(Probe):
         written = self.earlier_bytes + rec.writer.file_bytes
         if self.max_bytes and written >= self.max_bytes:
             self.finish(complete=False, reason=f"size cap: {written} bytes written, {MAX_BYTES_ENV}={self.max_bytes}; "
-                                               f"not recording any more, the server keeps serving")
+                                               f"not recording any more, the server keeps serving", wait=False)
             return
         index = self.header.segment.index + 1
         self.header.segment = Segment(run=self.header.segment.run, index=index)
@@ -312,7 +312,8 @@ class Capture(Probe):
             if kind == "oserror":
                 import errno
 
-                self.recording.writer._failed = OSError(errno.ENOSPC, "No space left on device (injected)")
+                writer = self.recording.writer
+                writer._failed = writer._disk_error = OSError(errno.ENOSPC, "No space left on device (injected)")
             else:
                 raise RuntimeError(f"injected recorder fault at iteration {at}")
         self.recording.end_iteration()
@@ -323,8 +324,9 @@ class Capture(Probe):
             if type(obj).__name__ not in NOT_INPUTS:
                 on_input(obj)
 
-    def finish(self, *, complete: bool, reason: Optional[str]) -> None:
-        """The loop ended: end the open iteration and close the trace."""
+    def finish(self, *, complete: bool, reason: Optional[str], wait: bool = True) -> None:
+        """End the open iteration and close the trace. At the loop's end this
+        waits for the disk (the process exits next); the size cap does not."""
         rec = self.recording
         if rec is None:
             return
@@ -336,34 +338,34 @@ class Capture(Probe):
         self.recording = None
         try:
             end = rec.close(complete=complete, reason=reason, recorder_seconds=self.own_seconds,
-                            busy=tuple(self.busy))
+                            busy=tuple(self.busy), wait=wait)
         except Exception:  # noqa: BLE001
             import traceback
 
             self.failure = traceback.format_exc()
-            self.failed(rec)
+            self.failed(rec, wait=wait)
             return
         (logger.info if complete else logger.warning)(
                     "sgl-replay: trace %s closed%s: %d iterations, %d forward batches, %d requests",
                     self.path, "" if complete else f" as incomplete ({reason})",
                     end.iterations, end.forwards, end.requests)
 
-    def failed(self, rec: Optional[Recording]) -> None:
-        """The recorder raised: close the trace as incomplete, or seal what
-        reached the disk (a full disk fails the close), and stop recording;
-        the server goes on."""
+    def failed(self, rec: Optional[Recording], wait: bool = False) -> None:
+        """The recorder raised: close the trace as incomplete, or have what
+        reached the disk sealed (a full disk fails the close), and stop
+        recording; the server goes on. Unless at the loop's end, neither
+        waits for the disk: the writer's thread finishes (and logs a seal)."""
         why = self.failure.strip().splitlines()[-1] if self.failure and self.failure.strip() else "unknown"
         reason = f"recorder failed: {why}"[:500]
         state = "closed as incomplete"
         if rec is not None:
             try:
-                rec.close(complete=False, reason=reason, recorder_seconds=self.own_seconds, busy=tuple(self.busy))
+                rec.close(complete=False, reason=reason, recorder_seconds=self.own_seconds,
+                          busy=tuple(self.busy), wait=wait)
             except Exception:  # noqa: BLE001
+                state = "sealed as incomplete" if wait else "to be sealed as incomplete"
                 try:
-                    from sgl_replay.trace.writer import seal_incomplete
-
-                    seal_incomplete(rec.path, reason)
-                    state = "sealed as incomplete"
+                    rec.writer.abandon(reason, wait=wait)
                 except Exception as e:  # noqa: BLE001
                     state = f"left unsealed ({type(e).__name__}: {e})"
         self.recording = None

@@ -257,7 +257,8 @@ class Recording:
         self._outputs: list = []
         self._idle = False  # this iteration ran no batch and processed no result
         self._idle_run = False  # ... and so did the one before it
-        self.writer = TraceWriter(path, header)
+        # (in a user's server the disk is written from a thread of its own)
+        self.writer = TraceWriter(path, header, background=capture)
         self.path = path
         self.next_i = 0  # number of the next iteration to open
         self.i = -1  # the open iteration (between begin and end)
@@ -443,20 +444,20 @@ class Recording:
                   seconds=round(time.monotonic() - self.started, 6))
         segment = msgspec.structs.replace(header.segment, iterations=self.next_i, forwards=forwards,
                                           requests=requests)
-        writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment))
-        self.writer.close(end)
+        writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment), background=self.capture)
+        self.writer.close(end, wait=False)
         self.writer, self.path = writer, path
         return end
 
     def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None,
-              busy: Optional[tuple[float, float]] = None) -> End:
+              busy: Optional[tuple[float, float]] = None, wait: bool = True) -> End:
         forwards, requests = self._written
         end = End(complete=complete, reason=reason, iterations=self.next_i, forwards=forwards,
                   requests=requests, seconds=round(time.monotonic() - self.started, 6),
                   recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6),
                   busy_seconds=None if busy is None else round(busy[0], 6),
                   busy_recorder_seconds=None if busy is None else round(busy[1], 6))
-        self.writer.close(end)
+        self.writer.close(end, wait=wait)
         return end
 
 

@@ -12,11 +12,20 @@ old, so that sealing interrupted or out of space loses nothing. A write error
 (a full disk: ENOSPC, EFBIG) surfaces as OSError from write/flush/close, and
 the writer takes no more records: what was flushed before stays readable. A
 finished trace is plain zstd (`zstd -d`).
+
+A capture inside a user's server writes in the background (`background=True`):
+the scheduler loop only packs records; compression, file writes, fsyncs and
+sealing run on a thread of the writer's own (zstd and the file calls release
+the GIL), so a slow or failing disk never stalls serving. A backlog past
+MAX_BACKLOG_BYTES fails the writer rather than hold memory or wait.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import threading
 import time
 from typing import BinaryIO, Optional, Union
 
@@ -27,17 +36,21 @@ import zstandard
 from sgl_replay.trace.format import FORMAT_VERSION, End, Header, Iteration
 from sgl_replay.trace.reader import MAX_BLOCK_BYTES, TraceError, TraceReader
 
+logger = logging.getLogger(__name__)
+
 FRAME_BYTES = 1 << 22  # uncompressed bytes per frame (one compression context)
 BLOCK_BYTES = 1 << 16  # flush at least this often, by size...
 FLUSH_INTERVAL_S = 0.5  # ...and by time: a slow run still reaches the disk this often
 COMPRESSION_LEVEL = 3
+MAX_BACKLOG_BYTES = 64 << 20  # packed bytes a background writer may have waiting for the disk
 # The most a record may take: a block of it alone (array header, at most 5
 # bytes) stays within what the reader accepts.
 MAX_RECORD_BYTES = MAX_BLOCK_BYTES - 5
 
 
 class TraceWriter:
-    def __init__(self, path: str, header: Header, *, level: int = COMPRESSION_LEVEL) -> None:
+    def __init__(self, path: str, header: Header, *, level: int = COMPRESSION_LEVEL,
+                 background: bool = False) -> None:
         self.path = path
         self._file: Optional[BinaryIO] = open(path, "wb")
         # the checksum makes a corrupt frame fail loudly at its end, not decode to garbage
@@ -49,9 +62,11 @@ class TraceWriter:
         self._frame_raw = 0
         self._last_flush = time.monotonic()
         self._last_reqs = None  # the previous forward batch's "reqs"
-        self._failed: Optional[OSError] = None  # the write error that stopped this writer
+        self._failed: Optional[OSError] = None  # the error that stopped this writer taking records
+        self._disk_error: Optional[OSError] = None  # ... when it was the disk's: nothing more is written
         self.raw_bytes = 0
         self.file_bytes = 0  # compressed bytes handed to the file
+        self._disk: Optional[_DiskThread] = _DiskThread(self) if background else None
         # The header travels alone in the first frame: `show` reads it without
         # decompressing the body. The layout is this writer's: so is the version.
         self.write(msgspec.to_builtins(msgspec.structs.replace(header, format=FORMAT_VERSION)))
@@ -104,20 +119,40 @@ class TraceWriter:
     def flush(self, *, end_frame: bool = False) -> None:
         """Put everything written on disk, decodable; end the frame when asked
         or when it is full, and fsync then (not at every flush: this runs in
-        the scheduler loop)."""
+        the scheduler loop). In the background: hand it to the disk thread."""
         if self._failed is not None:
             raise OSError(f"trace {self.path}: writing stopped at an earlier error: {self._failed}")
-        out = b""
+        block = None
         if self._buffer:
-            if self._frame is None:
-                self._frame = self._compressor.compressobj()
-                self._frame_raw = 0
             block = pack_block(self._buffer, self._buffer_records)
-            out = self._frame.compress(block)
             self._frame_raw += len(block)
             self._buffer.clear()
             self._buffer_records = 0
             end_frame = end_frame or self._frame_raw >= FRAME_BYTES
+        if end_frame:
+            self._frame_raw = 0
+        self._last_flush = time.monotonic()
+        if block is None and not end_frame:
+            return
+        if self._disk is None:
+            self._emit(block, end_frame)
+        elif self._disk.backlog + len(block or b"") > MAX_BACKLOG_BYTES:
+            self._failed = OSError(f"the disk is not keeping up: {self._disk.backlog / 2**20:.1f} MiB of "
+                                   f"trace waiting to be written")
+            raise self._failed
+        else:
+            self._disk.put(("block", block, end_frame))
+
+    def _emit(self, block: Optional[bytes], end_frame: bool) -> None:
+        """Compress, write and (at a frame's end) fsync: inline, or on the
+        disk thread."""
+        if self._disk_error is not None:
+            raise OSError(f"trace {self.path}: writing stopped at an earlier error: {self._disk_error}")
+        out = b""
+        if block:
+            if self._frame is None:
+                self._frame = self._compressor.compressobj()
+            out = self._frame.compress(block)
             out += self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH if end_frame
                                      else zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         elif end_frame and self._frame is not None:
@@ -136,13 +171,24 @@ class TraceWriter:
             except OSError as e:
                 # part of `out` may be on disk: anything written after it
                 # would not decode, so this writer stops here
-                self._failed = e
+                self._disk_error = e
+                if self._failed is None:
+                    self._failed = e
                 raise
-        self._last_flush = time.monotonic()
 
-    def close(self, end: End) -> None:
+    def close(self, end: End, *, wait: bool = True) -> None:
         """Write the end record, end the frame, fsync (flush does at a frame's
-        end) and close; the file is closed even when writing fails."""
+        end) and close; the file is closed even when writing fails. In the
+        background, `wait=False` returns at once: the disk thread finishes
+        (and seals the trace if the disk fails it)."""
+        if self._disk is not None:
+            self.write(msgspec.to_builtins(end))
+            self.flush(end_frame=True)
+            self._disk.put(("close", None, False))
+            self._disk.stop(wait)
+            if wait and self._failed is not None:
+                raise self._failed
+            return
         try:
             self.write(msgspec.to_builtins(end))
             self.flush(end_frame=True)
@@ -150,9 +196,82 @@ class TraceWriter:
             self._file.close()
             self._file = None
 
+    def abandon(self, reason: str, *, wait: bool = True) -> None:
+        """The recording ends here without its end record (the writer failed,
+        or the recorder did): close the file and seal what reached the disk
+        as incomplete, with `reason`. In the background, `wait=False` returns
+        at once: the disk thread writes what was queued, then seals."""
+        if self._disk is not None:
+            self._disk.put(("abandon", reason, False))
+            self._disk.stop(wait)
+            return
+        self._close_file()
+        seal_incomplete(self.path, reason)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     @property
     def closed(self) -> bool:
         return self._file is None
+
+
+class _DiskThread:
+    """A background writer's thread: runs its compression, writes, fsyncs,
+    close and sealing in order, off the scheduler loop. Errors stay in the
+    writer (`_failed`): the loop sees them at its next write, and a close
+    or abandon that finds one seals the trace."""
+
+    def __init__(self, writer: TraceWriter) -> None:
+        self.writer = writer
+        self.backlog = 0  # packed bytes queued, not yet written
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sgl-replay-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, job: tuple) -> None:
+        if job[0] == "block" and job[1]:
+            with self._lock:
+                self.backlog += len(job[1])
+        self._queue.put(job)
+
+    def stop(self, wait: bool) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        writer = self.writer
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            kind, data, end_frame = job
+            try:
+                if kind == "block":
+                    try:
+                        if writer._disk_error is None:
+                            writer._emit(data, end_frame)
+                    finally:
+                        with self._lock:
+                            self.backlog -= len(data or b"")
+                    continue
+                writer._close_file()
+                if kind == "abandon" or writer._disk_error is not None:
+                    error = writer._disk_error
+                    reason = data or f"recorder failed: {type(error).__name__}: {error}"
+                    seal_incomplete(writer.path, reason[:500])
+                    logger.warning("sgl-replay: trace %s sealed as incomplete (%s)", writer.path, reason)
+            except Exception as e:  # noqa: BLE001 — kept for the loop, which stops recording
+                if writer._disk_error is None:
+                    writer._disk_error = e if isinstance(e, OSError) else OSError(f"{type(e).__name__}: {e}")
+                if writer._failed is None:
+                    writer._failed = writer._disk_error
+                if kind != "block":
+                    logger.error("sgl-replay: trace %s left unsealed: %s: %s", writer.path, type(e).__name__, e)
 
 
 def pack_block(packed_records: bytes, count: int) -> bytes:

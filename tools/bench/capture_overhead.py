@@ -1,5 +1,5 @@
-"""Cost of capturing a plain sglang server: bench_serving throughput of the
-embedded CPU model's plain server with and without SGLREPLAY_RECORD_DIR, and
+"""Cost of capturing a plain sglang server: bench_serving throughput, TTFT and
+ITL of the embedded CPU model's plain server with and without SGLREPLAY_RECORD_DIR, and
 the recorder's own share of the recorded loop time (the trace's end record).
 
     python tools/bench/capture_overhead.py [--prompts 128] [--rate 16] [--rounds 1]
@@ -32,7 +32,8 @@ def one(tmp: Path, record: bool, prompts: int, rate: float, seed: int) -> dict:
         result = _bench(server, tmp / f"bench-{record}-{seed}.jsonl", prompts=prompts, rate=rate, seed=seed)
     finally:
         server.stop()
-    out = {"output_throughput": result["output_throughput"], "request_throughput": result["request_throughput"]}
+    out = {key: result[key] for key in ("output_throughput", "request_throughput", "median_ttft_ms",
+                                        "median_itl_ms", "p99_itl_ms")}
     if record:
         trace = _traces(tmp / "traces")[-1]
         with TraceReader(str(trace)) as reader:
@@ -40,6 +41,8 @@ def one(tmp: Path, record: bool, prompts: int, rate: float, seed: int) -> dict:
                 pass
             end = reader.end
         out["recorder_share"] = end.recorder_seconds / end.seconds if end.seconds else None
+        out["recorder_share_busy"] = (end.busy_recorder_seconds / end.busy_seconds
+                                      if end.busy_seconds else None)
         out["trace_bytes"] = os.path.getsize(trace)
     return out
 
@@ -58,8 +61,8 @@ def main() -> None:
     ratio = statistics.median(r[True]["output_throughput"] / r[False]["output_throughput"] for r in rows)
     print(json.dumps({"rounds": args.rounds, "throughput_recorded_over_plain": round(ratio, 4),
                       "recorder_share": statistics.median(r[True]["recorder_share"] for r in rows),
-                      "plain_tok_s": [r[False]["output_throughput"] for r in rows],
-                      "recorded_tok_s": [r[True]["output_throughput"] for r in rows]}))
+                      "recorder_share_busy": statistics.median(r[True]["recorder_share_busy"] for r in rows),
+                      "plain": [r[False] for r in rows], "recorded": [r[True] for r in rows]}))
 
 
 if __name__ == "__main__":

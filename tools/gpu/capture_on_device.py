@@ -136,23 +136,48 @@ def captures(model: str, procs: dict) -> dict:
 
 
 def control_rounds(model: str, servers: dict, started: float, args) -> list:
-    """The same load on each server in turn, the order rotating every round:
-    recorded against plain beside plain against plain."""
+    """Saturating load (64 requests always in flight) on each server in
+    turn, the order rotating every round: recorded against plain beside
+    plain against plain (the noise floor of the comparison)."""
     names = list(servers)
-    keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+    keys = ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "duration")
     rounds = []
     for k in range(args.pairs):
         if time.monotonic() - started > args.budget_s:
             break
-        order = names[k % 3:] + names[:k % 3]
+        order = names[k % len(names):] + names[:k % len(names)]
         result = {}
         for name in order:
-            r = bench(servers[name][0], model, f"/tmp/ctl-{k}-{name}.jsonl", groups=16, per_group=24,
-                      rate=64, seed=100 + k)
+            r = bench(servers[name][0], model, f"/tmp/ctl-{k}-{name}.jsonl", groups=16, per_group=40,
+                      rate=float("inf"), concurrency=64, seed=100 + k)
             result[name] = {key: r.get(key) for key in keys}
         rounds.append(result)
         print(json.dumps(result), flush=True)
     return rounds
+
+
+def affinities(procs: dict) -> dict:
+    """CPUs each server's processes may run on (sglang may pin its
+    scheduler; servers sharing one GPU would then share those cores)."""
+    out = {}
+    for name, proc in procs.items():
+        seen = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) != proc.pid:  # process group: the server's session
+                    continue
+                with open(f"/proc/{entry}/comm") as f:
+                    comm = f.read().strip()
+                cpus = sorted(os.sched_getaffinity(int(entry)))
+                seen.append(f"{comm}:{cpus[0]}-{cpus[-1]}({len(cpus)})")
+            except (OSError, IndexError, ValueError):
+                continue
+        out[name] = seen
+    return out
 
 
 def main() -> None:
@@ -162,7 +187,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=440, help="no new overhead pair after this long")
     parser.add_argument("--pairs-only", action="store_true", help="only the long and plain servers' pairs")
     parser.add_argument("--control", action="store_true",
-                        help="rounds over three servers, one recording and two plain (the noise floor)")
+                        help="saturating rounds over three servers, one recording and two plain "
+                             "(recorded against plain beside the noise floor, plain against plain)")
     args = parser.parse_args()
     out = args.out
     model = write_model_dir(MODEL)
@@ -190,7 +216,13 @@ def main() -> None:
         if not (args.pairs_only or args.control):
             figures.update(captures(model, procs))
         if args.control:
-            figures["rounds"] = control_rounds(model, servers, started, args)
+            figures["cpus"] = os.cpu_count()
+            figures["affinity"] = affinities(procs)
+            rounds = figures["rounds"] = control_rounds(model, servers, started, args)
+            for a, b in (("long", "plain"), ("plain2", "plain"), ("long", "plain2")):
+                ratios = [r[a]["output_throughput"] / r[b]["output_throughput"] for r in rounds]
+                figures[f"ratio_{a}_over_{b}"] = [round(x, 4) for x in ratios]
+                figures[f"ratio_{a}_over_{b}_median"] = round(statistics.median(ratios), 4) if ratios else None
             raise SystemExit(0)
         pairs = []
         for k in range(args.pairs):
