@@ -69,14 +69,20 @@ def wait_ready(port: int, proc: subprocess.Popen, name: str) -> None:
 
 def bench(port: int, model: str, out_file: str, *, groups: int, per_group: int, rate: float,
           system_len: int = 512, question_len: int = 64, output_len: int = 128, seed: int = 1,
-          concurrency: int = 0, honour_eos: bool = False) -> dict:
+          concurrency: int = 0, honour_eos: bool = False, random_ids: bool = False) -> dict:
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
            "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", model, "--model", model,
-           "--dataset-name", "generated-shared-prefix", "--tokenize-prompt",
-           "--gsp-num-groups", str(groups), "--gsp-prompts-per-group", str(per_group),
-           "--gsp-system-prompt-len", str(system_len), "--gsp-question-len", str(question_len),
-           "--gsp-output-len", str(output_len), "--request-rate", str(rate), "--seed", str(seed),
+           "--request-rate", str(rate), "--seed", str(seed),
            "--temperature", "1.0", "--disable-tqdm", "--output-file", out_file]
+    if random_ids:  # no prompt text to build and tokenize: the client starts in seconds
+        cmd += ["--dataset-name", "random-ids", "--tokenize-prompt", "--num-prompts", str(groups * per_group),
+                "--random-input-len", str(system_len + question_len), "--random-output-len", str(output_len),
+                "--random-range-ratio", "1.0"]
+    else:
+        cmd += ["--dataset-name", "generated-shared-prefix", "--tokenize-prompt",
+                "--gsp-num-groups", str(groups), "--gsp-prompts-per-group", str(per_group),
+                "--gsp-system-prompt-len", str(system_len), "--gsp-question-len", str(question_len),
+                "--gsp-output-len", str(output_len)]
     # (bench_serving's --temperature goes into sampling_params; a top-level
     # "temperature" in --extra-request-body is ignored by the server, which
     # then samples greedily)
@@ -149,7 +155,7 @@ def control_rounds(model: str, servers: dict, started: float, args) -> list:
         result = {}
         for name in order:
             r = bench(servers[name][0], model, f"/tmp/ctl-{k}-{name}.jsonl", groups=16, per_group=40,
-                      rate=float("inf"), concurrency=64, seed=100 + k)
+                      rate=float("inf"), concurrency=64, seed=100 + k, random_ids=args.random_ids)
             result[name] = {key: r.get(key) for key in keys}
         rounds.append(result)
         print(json.dumps(result), flush=True)
@@ -189,6 +195,10 @@ def main() -> None:
     parser.add_argument("--control", action="store_true",
                         help="saturating rounds over three servers, one recording and two plain "
                              "(recorded against plain beside the noise floor, plain against plain)")
+    parser.add_argument("--random-ids", action="store_true",
+                        help="control rounds with random token ids instead of shared prefixes")
+    parser.add_argument("--warm-saturated", action="store_true",
+                        help="warm every server up with one saturating round (not counted)")
     args = parser.parse_args()
     out = args.out
     model = write_model_dir(MODEL)
@@ -212,7 +222,11 @@ def main() -> None:
         # Triton compiles on first use: warm every server up (unrecorded
         # traffic lands in the traces too; it is part of the run)
         for name, (port, _, _) in servers.items():
-            bench(port, model, f"/tmp/warm-{name}.jsonl", groups=2, per_group=4, rate=100, seed=7)
+            if args.warm_saturated:  # every batch size the rounds reach, compiled and captured once
+                bench(port, model, f"/tmp/warm-{name}.jsonl", groups=16, per_group=16, rate=float("inf"),
+                      concurrency=64, seed=7, random_ids=args.random_ids)
+            else:
+                bench(port, model, f"/tmp/warm-{name}.jsonl", groups=2, per_group=4, rate=100, seed=7)
         if not (args.pairs_only or args.control):
             figures.update(captures(model, procs))
         if args.control:
