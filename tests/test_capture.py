@@ -478,6 +478,60 @@ def test_a_stalled_disk_never_stalls_the_loop(tmp_path, monkeypatch, caplog):
     assert [r.i for r in records] == list(range(len(records))) and len(records) >= steps - 5
 
 
+_FILLING_DISK = """
+import logging, os, random, resource, signal, sys, threading
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+sys.path.insert(0, sys.argv[2])
+from test_capture import _FakeScheduler
+from sgl_replay.scheduler import capture, header as header_mod
+from sgl_replay.trace import writer as writer_mod
+from sgl_replay.trace.format import Header
+header_mod.build_header = lambda scheduler, job: Header()
+writer_mod.FLUSH_INTERVAL_S = 0.0
+random.seed(1)
+fake = _FakeScheduler()
+c = capture.Capture(fake, sys.argv[1])
+steps = 0
+while c.recording is not None and steps < 200_000:
+    # sizes that do not compress away, and change every iteration (each is written)
+    fake.waiting_queue = [None] * (2 * random.randrange(2500) + steps % 2)
+    c.step()
+    steps += 1
+for _ in range(100):
+    c.step()  # the loop goes on
+c.finish(complete=True, reason=None)
+for thread in threading.enumerate():
+    if thread.name == "sgl-replay-writer":
+        thread.join(30)
+print("steps", steps, "path", c.path)
+"""
+
+
+def test_a_disk_that_fills_stops_the_recording_and_what_was_written_reads_back(tmp_path):
+    """A real write error from the kernel (the file size limit: EFBIG, what a
+    full disk's ENOSPC is to the writer): the recording stops with one line,
+    the loop goes on; `sgl-replay seal` later (with room) makes the trace
+    whole, every record that reached the file kept, numbered without a gap."""
+    done = subprocess.run([sys.executable, "-c", _FILLING_DISK, str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stopped = [line for line in done.stdout.splitlines() if "sgl-replay: recording stopped" in line]
+    assert len(stopped) == 1 and "[Errno 27] File too large" in stopped[0], done.stdout[-2000:]
+    steps = int(done.stdout.split("steps ")[1].split()[0])
+    assert 50 < steps < 200_000
+    trace = Path(done.stdout.split(" path ")[1].split()[0])
+    sealed = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "seal", str(trace)],
+                            capture_output=True, text=True, timeout=120)
+    assert sealed.returncode == 0, sealed.stdout + sealed.stderr
+    records, end = _body(trace)
+    assert not end.complete and [r.i for r in records] == list(range(len(records)))
+    # what reached the file before the limit (the loop ran on while the
+    # writer's thread wrote; blocks queued when the disk failed are lost)
+    assert 1000 < len(records) <= steps and trace.stat().st_size <= 65536 + 4096
+
+
 def test_a_broken_chain_is_bad_input(tmp_path, monkeypatch):
     from sgl_replay.trace.reader import TraceError
 
