@@ -260,25 +260,52 @@ def test_same_traffic_recorded_twice_differs_and_each_replays(captured, captured
 
 
 # ------------------------------------------------------------------ failures
-def test_injected_fault_stops_recording_not_serving(tmp_path):
-    record_dir = tmp_path / "traces"
-    server = Server(tmp_path, "faulty", {"SGLREPLAY_RECORD_DIR": str(record_dir),
-                                         "SGLREPLAY_CAPTURE_FAULT": "raise@40"})
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 KB tmpfs: a disk that fills during a recording (needs root, as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_recording_not_serving(tmp_path, small_disk):
+    """A real server recording onto a disk that fills: one log line says the
+    recording stopped and why, every request is still answered, sealing in
+    place on the full disk fails cleanly and changes nothing, and the trace
+    copied to a disk with room seals whole, its iterations in order."""
+    import random
+
+    record_dir = small_disk / "traces"
+    server = Server(tmp_path, "full", {"SGLREPLAY_RECORD_DIR": str(record_dir)})
+    rng = random.Random(7)
     try:
-        for k in range(8):
-            reply = server.generate({"input_ids": list(range(5, 50)), "rid": f"f{k}",
-                                     "sampling_params": {"max_new_tokens": 12, "temperature": 1.0}})
+        for k in range(40):  # random prompts: about 500 compressed bytes each
+            reply = server.generate({"input_ids": [rng.randrange(3, 1024) for _ in range(400)], "rid": f"d{k}",
+                                     "sampling_params": {"max_new_tokens": 4, "temperature": 1.0}})
             assert reply["meta_info"]["completion_tokens"] >= 1
         log = server.text()
     finally:
         server.stop()
-    assert "sgl-replay: recording stopped, recorder failed: RuntimeError: injected recorder fault" in log
-    traces = _traces(record_dir)
-    assert len(traces) == 1
-    with TraceReader(str(traces[0])) as reader:
-        for _ in reader.iterations():
-            pass
-        assert not reader.end.complete and "injected" in reader.end.reason
+    stopped = [line for line in log.splitlines() if "sgl-replay: recording stopped" in line]
+    assert len(stopped) == 1 and "No space left on device" in stopped[0], log[-3000:]
+    [trace] = _traces(record_dir)
+    torn = trace.read_bytes()
+    in_place = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "seal", str(trace)],
+                              capture_output=True, text=True, timeout=120)
+    assert in_place.returncode == 2 and len(in_place.stderr.strip().splitlines()) == 1, in_place.stderr
+    assert trace.read_bytes() == torn
+    copy = tmp_path / trace.name
+    copy.write_bytes(torn)
+    sealed = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "seal", str(copy)],
+                            capture_output=True, text=True, timeout=120)
+    assert sealed.returncode == 0, sealed.stdout + sealed.stderr
+    records, end = _body(copy)
+    assert not end.complete and len(records) > 3
+    assert [r.i for r in records] == sorted({r.i for r in records})
 
 
 class _FakeScheduler:
@@ -292,6 +319,24 @@ class _FakeScheduler:
         self.waiting_queue, self.running_batch, self.chunked_req, self.last_batch = [], None, None, None
         self.token_to_kv_pool_allocator = self.req_to_token_pool = self._Pool()
         self.forward_ct, self._engine_paused, self.model_config = 0, False, None
+
+
+def test_an_exception_in_the_recorder_stops_recording_not_the_loop(tmp_path, monkeypatch, caplog):
+    from sgl_replay.scheduler import capture, header as header_mod
+    from sgl_replay.trace.format import Header
+
+    monkeypatch.setattr(header_mod, "build_header", lambda scheduler, job: Header())
+    monkeypatch.setenv(capture.FAULT_ENV, "raise@3")
+    fake = _FakeScheduler()
+    c = capture.Capture(fake, str(tmp_path))
+    for k in range(8):  # the loop's calls after the fault return as before
+        fake.waiting_queue = [None] * k
+        assert capture.Capture.step(c) is None
+    assert c.recording is None
+    assert "sgl-replay: recording stopped, recorder failed: RuntimeError: injected recorder fault" in caplog.text
+    _join_writer_threads()
+    records, end = _body(c.path)
+    assert not end.complete and "injected" in end.reason and [r.i for r in records] == [0, 1, 2]
 
 
 def test_unwritable_dir_turns_capture_off(tmp_path, monkeypatch, caplog):
