@@ -48,7 +48,12 @@ def one(tmp: Path, k: int, rng: random.Random) -> dict:
              "--tokenize-prompt", "--num-prompts", "400", "--random-input-len", "96", "--random-output-len", "48",
              "--random-range-ratio", "0.2", "--request-rate", "16", "--temperature", "1.0",
              "--seed", str(k + 1), "--disable-tqdm"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(3.0, 20.0)
+        # the kill lands while traffic runs: after the client's first prefill
+        warmed = server.text().count("Prefill batch")
+        deadline = time.monotonic() + 120
+        while server.text().count("Prefill batch") == warmed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        delay = rng.uniform(0.5, 15.0)
         time.sleep(delay)
         os.kill(scheduler_pid(server), signal.SIGKILL)
     finally:
@@ -58,7 +63,7 @@ def one(tmp: Path, k: int, rng: random.Random) -> dict:
     trace = sorted(record_dir.glob("*.sglt"))[-1]
     sealed = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "seal", str(trace)],
                             capture_output=True, text=True, timeout=120)
-    row = {"kill": k, "after_s": round(delay, 1), "seal_exit": sealed.returncode}
+    row = {"kill": k, "into_traffic_s": round(delay, 1), "seal_exit": sealed.returncode}
     try:
         with TraceReader(str(trace)) as reader:
             numbers = [r.i for r in reader.iterations()]
