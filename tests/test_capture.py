@@ -462,6 +462,14 @@ def test_rotated_capture_reads_as_one_chain(tmp_path, monkeypatch):
     for chain in (tmp_path / "rotated", tmp_path / "rotated" / c.header.segment.run):
         records, end = _body(chain)
         assert records == whole and end.iterations == whole_end.iterations and end.complete
+    # a later link reads alone, but its batches name requests of earlier
+    # links: a replay must start at the first
+    from sgl_replay.runs.replay import engine_config_for
+    from sgl_replay.trace.reader import TraceError
+
+    with TraceReader(str(links[1])) as reader:
+        with pytest.raises(TraceError, match="link 1 of recording .* a replay starts at the recording's first link"):
+            engine_config_for(reader.header)
 
 
 def test_rotation_by_time(tmp_path, monkeypatch):

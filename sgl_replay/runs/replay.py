@@ -73,6 +73,10 @@ def engine_config_for(header: Header, *, device: Optional[str] = None,
     asks for more than a replay allows."""
     if header.not_replayable:
         raise TraceError(f"not replayable: {'; '.join(header.not_replayable)}")
+    if header.segment is not None and header.segment.index > 0:
+        # its batches name requests that arrived in earlier links
+        raise TraceError(f"link {header.segment.index} of recording {header.segment.run}: a replay starts at "
+                         f"the recording's first link (pass the directory, or DIR/{header.segment.run})")
     plan = replay_plan(header)
     for name, limit in SCHEDULING_ARG_LIMITS.items():
         value = plan.engine_args.get(name)
