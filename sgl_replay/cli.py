@@ -122,6 +122,14 @@ def _suspect_options(fn):
     return fn
 
 
+def _skip_model_option(fn):
+    return click.option("--skip-model", is_flag=True,
+                        help="The model's forward returns placeholder logits: a CPU replay many "
+                             "times faster. Tokens come from the oracle either way, so no "
+                             "scheduling decision changes; a batch that would crash a kernel "
+                             "no longer does.")(fn)
+
+
 def _timeout_option(fn):
     from sgl_replay.runs.check import REPLAY_TIMEOUT_S
 
@@ -155,8 +163,10 @@ def _public_trace_options(fn):
             ("--block-size", click.IntRange(min=1), "trace: tokens per hash id (Mooncake: 512)."),
             ("--iteration-ms", click.FloatRange(min=0, min_open=True),
              "trace: one loop iteration of the virtual clock, in ms (default 10)."),
-            ("--clock", click.Choice(["virtual"]), "trace: arrival clock (virtual: a pure function "
-                                                   "of the file and the options)."))):
+            ("--clock", click.Choice(["virtual", "wall"]),
+             "trace: arrival clock. virtual (default): arrival times map to loop iterations, a "
+             "pure function of the file and the options; wall: each request is sent over HTTP "
+             "at its arrival time, like live traffic."))):
         fn = click.option(name, type=kind, default=None, help=text)(fn)
     return fn
 
@@ -181,8 +191,8 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     engine serves HTTP /generate from any client; the URL is printed), or a
     scripted-runtime script `module:function` taking sglang's ScriptedContext,
     or a public serving trace: mooncake:FILE, azure:FILE, burstgpt:FILE
-    (each request with its exact lengths at its arrival time on a virtual
-    clock; see the trace options).
+    (each request with its exact lengths at its arrival time, on a virtual
+    clock or the wall clock; see the trace options).
     """
     from sgl_replay.runs.capture import check_writable
     from sgl_replay.runs.engine import Engine, EngineConfig, device_args
@@ -369,10 +379,11 @@ def stats(trace: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the observed trace.")
 @_engine_options
+@_skip_model_option
 @_timeout_option
 @_errors_to_exit_codes
 def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[str, ...],
-           timeout: float) -> None:
+           skip_model: bool, timeout: float) -> None:
     """Re-drive the real engine with TRACE's inputs at the same iterations and
     record what happens now."""
     from sgl_replay.runs.capture import check_writable
@@ -384,8 +395,10 @@ def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[st
     overrides = parse_engine_args(engine_args)
     config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
-        end = replay_trace(engine, trace, output, overrides={"device": device, "engine_args": overrides},
-                           timeout_s=timeout)
+        source_overrides = {"device": device, "engine_args": overrides}
+        if skip_model:
+            source_overrides["skip_model"] = True
+        end = replay_trace(engine, trace, output, overrides=source_overrides, timeout_s=timeout)
     click.echo(f"replayed {end.iterations} loop iterations, {end.forwards} forward batches -> {output}")
 
 
@@ -466,16 +479,20 @@ def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], for
 @click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
               help="mooncake: tokens per hash id.")
 @click.option("--iteration-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="ms per loop iteration (default: the recording's, else 10).")
+              help="Arrival on the virtual clock, this many ms per loop iteration (default: "
+                   "recorded times where the recording kept them, else its iteration_ms, else 10).")
 @_errors_to_exit_codes
 def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_ms: Optional[float]) -> None:
-    """Write TRACE's requests as a public serving-trace file: arrival on the
-    virtual clock, input and output lengths, and (mooncake) prefix hash ids."""
+    """Write TRACE's requests as a public serving-trace file: arrival (recorded
+    time or the virtual clock), input and output lengths, and (mooncake)
+    prefix hash ids."""
     from sgl_replay.runs.export import export
 
     result = export(trace, output, fmt=fmt, block_size=block_size, iteration_ms=iteration_ms)
     left = f" ({result.unfinished} unfinished requests left out)" if result.unfinished else ""
-    click.echo(f"{output}: {result.rows} requests, {result.iteration_ms:g} ms per iteration{left}")
+    clock = (f"{result.iteration_ms:g} ms per iteration" if result.iteration_ms is not None
+             else "arrival from recorded times")
+    click.echo(f"{output}: {result.rows} requests, {clock}{left}")
 
 
 @main.command()
@@ -504,13 +521,14 @@ def timeline(trace: str, output: Optional[str]) -> None:
               help="Replay N times on one engine; mixed results are inconclusive (exit 125).")
 @_engine_options
 @_suspect_options
+@_skip_model_option
 @_timeout_option
 @_diff_options
 @_errors_to_exit_codes
 def check(trace: str, output: Optional[str], report_path: Optional[str], repeat: int,
           device: Optional[str], engine_args: tuple[str, ...], timeout: float, as_json: bool,
           level: str, ignore: tuple[str, ...], force: bool, engine_env: tuple[str, ...] = (),
-          engine_path: tuple[str, ...] = ()) -> None:
+          engine_path: tuple[str, ...] = (), skip_model: bool = False) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
     Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
@@ -523,7 +541,7 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
     verdict = run_check(trace, device=device, engine_args=parse_engine_args(engine_args),
                         options=options, repeat=repeat, observed=output, report=report_path,
                         timeout_s=timeout, engine_env=parse_engine_env(engine_env),
-                        engine_path=engine_path)
+                        engine_path=engine_path, skip_model=skip_model)
     label_b = "replay" if output is None else output
     if as_json:
         click.echo(json.dumps(verdict.to_plain(trace, label_b)))

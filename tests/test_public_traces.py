@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sgl_replay.cli import main
+from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.export import export, hash_chains
 from sgl_replay.runs.record import record_workload
@@ -164,8 +165,10 @@ def test_specs(tmp_path):
     assert spec.description.startswith("2 requests of mooncake trace mooncake_slice.jsonl")
     with pytest.raises(ValueError, match="unknown option 'speed'"):
         workloads.parse(f"azure:{AZURE}?speed=2")
-    with pytest.raises(ValueError, match="only virtual"):
-        workloads.parse(f"azure:{AZURE}", options={"clock": "wall"})
+    with pytest.raises(ValueError, match="option clock: 'sundial'; expected one of virtual, wall"):
+        workloads.parse(f"azure:{AZURE}", options={"clock": "sundial"})
+    assert workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}?clock=wall"))
+    assert not workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}"))
     with pytest.raises(ValueError, match="apply to mooncake:FILE"):
         workloads.parse("kv_pressure", options={"limit": 2})
     assert workloads.parse("tests.scripts:x").kind == "script"  # other module:function specs
@@ -258,3 +261,37 @@ def test_recording_twice_gives_identical_bodies(slice_recording, engines, tmp_pa
     again = str(tmp_path / "again.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, again)
     assert body(again) == body(out)
+
+
+def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(engines, tmp_path):
+    """--clock wall: each request goes over HTTP when the wall clock reaches
+    its (scaled) arrival time, and the scheduler pulls it whenever it does;
+    the iterations that pulled inputs keep their time, which export reads."""
+    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
+                                                         "clock": "wall"})
+    imported = pt.load("mooncake", spec.path, spec.options)
+    out = str(tmp_path / "wall.sglt")
+    record_workload(engines.get(EngineConfig.embedded()), spec, out)
+    records = body(out)
+    pulled = {x["rid"]: rec.ms for rec in records for x in rec.inputs if x["type"] == "generate"}
+    assert list(pulled) == [r.rid for r in imported.requests]
+    # pulled no earlier than its time (the recording starts before the first
+    # send), and not long after it (a CPU forward of a few prompts takes
+    # hundreds of ms on a busy 2-core machine)
+    late = [pulled[r.rid] - float(r.arrival_ms) for r in imported.requests]
+    assert min(late) >= 0 and max(late) < 3000, late
+    assert float(imported.requests[-1].arrival_ms) > 2000  # the span the clock had to follow
+    finished = {f[0]: f[2] for rec in records for f in rec.finished}
+    assert [finished[k] for k in range(len(imported.requests))] == [r.output_len for r in imported.requests]
+    # what ran at which iteration is a recording like any other: it replays
+    verdict = check(out, pool=engines)
+    assert verdict.outcome is Outcome.SAME, verdict.lines(out, "replay")
+    exported = tmp_path / "wall.csv"
+    result = export(out, str(exported), fmt="csv")
+    assert result.iteration_ms is None and result.rows == len(imported.requests)
+    with open(exported) as f:
+        table = list(csv.DictReader(f))
+    first = pulled[imported.requests[0].rid]
+    assert [float(r["arrival_ms"]) for r in table] == pytest.approx(
+        [pulled[q.rid] - first for q in imported.requests], abs=1e-3)
+    assert [int(r["prompt_tokens"]) for r in table] == [q.input_len for q in imported.requests]

@@ -66,6 +66,21 @@ def expected_first_divergence(tweak: str, body: list[Iteration]) -> int:
     raise AssertionError(tweak)
 
 
+def test_a_replay_that_skips_the_model_never_runs_it_and_changes_nothing(
+        tweaks_engine, tweak_baseline, tmp_path):
+    """--skip-model: placeholder logits instead of the model's forward (the
+    planted tweak makes the transformer raise if it runs), and the replay of
+    a run with retractions is still the same at --level full."""
+    engine, mode, _ = tweaks_engine
+    mode.write_text("model_raises")
+    observed = str(tmp_path / "observed.sglt")
+    replay_trace(engine, tweak_baseline, observed, overrides={"skip_model": True})
+    assert read(tweak_baseline)[1][-1].i > 0 and any(rec.retracted for rec in read(tweak_baseline)[1])
+    result = compare(tweak_baseline, observed, level="full")
+    assert result.verdict == "same", "\n".join(text_lines(result, "recorded", "replay"))
+    assert read(observed)[0].source.overrides == {"skip_model": True}
+
+
 @pytest.mark.parametrize("tweak", ["reverse_waiting", "cap_prefill_2", "reverse_retraction"])
 def test_planted_scheduler_change_is_caught_at_the_right_iteration(
         tweaks_engine, tweak_baseline, tmp_path, tweak):

@@ -125,13 +125,15 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
           engine_args: Optional[dict] = None, options: Options = Options(), repeat: int = 1,
           observed: Optional[str] = None, report: Optional[str] = None,
           timeout_s: float = REPLAY_TIMEOUT_S, engine_env: Optional[dict] = None,
-          engine_path: Sequence[str] = ()) -> Verdict:
+          engine_path: Sequence[str] = (), skip_model: bool = False) -> Verdict:
     """Replay `trace` `repeat` times on one engine and diff each replay
     against it. The engine comes from `pool` (shared engines) or is started
     for this check and stopped after. The last replay is kept at `observed`
     when given; otherwise replays go to a temporary directory. `report`:
     where to write the HTML report of the diff shown (a diverged replay's,
-    if any)."""
+    if any). `skip_model`: the model's forward returns placeholder logits
+    during the replays (scheduler/skip_model.py says why that changes no
+    scheduling decision)."""
     try:
         header = read_header(trace)
         config = with_env_and_path(engine_config_for(header, device=device, engine_args=engine_args),
@@ -152,6 +154,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
         overrides = {"device": device, "engine_args": engine_args or {}}
         if engine_env:
             overrides["engine_env"] = dict(engine_env)
+        if skip_model:
+            overrides["skip_model"] = True
         results: list[DiffResult] = []
         with tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
             paths = [observed if observed and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")

@@ -2,10 +2,13 @@
 (`timestamp`, `input_length`, `output_length`, `hash_ids`) or a plain CSV
 (`arrival_ms`, `prompt_tokens`, `completion_tokens`). Reads the trace only.
 
-- Arrival: the loop iteration whose input carried the request, on the
-  virtual clock: (iteration - the first request's iteration) * iteration_ms
-  (ms from the first request, as Mooncake's files count). iteration_ms is the
-  recording's own when it imported a public trace, else 10 ms.
+- Arrival, in ms from the first request (as Mooncake's files count): the
+  recorded time of the iteration that pulled it, where the recording kept
+  times (its inputs came by the wall clock: a capture, serve mode, --clock
+  wall); else on the virtual clock, (iteration - the first request's
+  iteration) * iteration_ms, iteration_ms being the recording's own when it
+  imported a public trace, else 10 ms. An iteration_ms given asks for the
+  virtual clock.
 - Lengths: the prompt's token count, and the output length of the request's
   finish record. Requests that never finished in the trace are left out
   (counted).
@@ -37,13 +40,14 @@ class ExportedRow:
     iteration: int
     input_ids: list[int]
     output_len: Optional[int] = None
+    ms: Optional[float] = None  # recorded time of the iteration, if the recording kept it
 
 
 @dataclass
 class Exported:
     rows: int
     unfinished: int
-    iteration_ms: float
+    iteration_ms: Optional[float]  # None: arrival from recorded times
 
 
 def trace_requests(path: str) -> tuple[list[ExportedRow], Optional[float]]:
@@ -59,7 +63,8 @@ def trace_requests(path: str) -> tuple[list[ExportedRow], Optional[float]]:
             for item in record.inputs:
                 if item.get("type") == "generate":
                     ids = item.get("input_ids")
-                    rows.append(ExportedRow(item["rid"], record.i, unpack_ids(ids) if ids else []))
+                    rows.append(ExportedRow(item["rid"], record.i, unpack_ids(ids) if ids else [],
+                                            ms=record.ms))
             for finished in record.finished:
                 req, output_len = finished[0], finished[2]
                 if 0 <= req < len(rows) and rows[req].output_len is None:
@@ -99,25 +104,28 @@ def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = 
     if block_size < 1:
         raise ValueError("--block-size must be at least 1")
     rows, recorded_ms = trace_requests(trace)
-    step = iteration_ms if iteration_ms is not None else (recorded_ms or DEFAULT_ITERATION_MS)
     done = [r for r in rows if r.output_len is not None]
-    first = done[0].iteration if done else 0
+    if iteration_ms is None and done and all(r.ms is not None for r in done):
+        step = None
+        arrivals = [r.ms - done[0].ms for r in done]
+    else:
+        step = iteration_ms if iteration_ms is not None else (recorded_ms or DEFAULT_ITERATION_MS)
+        arrivals = [(r.iteration - done[0].iteration) * step for r in done]
     chains = hash_chains([r.input_ids for r in done], block_size) if fmt == "mooncake" else None
     directory = os.path.dirname(os.path.abspath(output))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".")
     try:
         with os.fdopen(fd, "w", newline="") as f:
             if fmt == "mooncake":
-                for row, chain in zip(done, chains):
-                    f.write(json.dumps({"timestamp": _number((row.iteration - first) * step),
+                for row, chain, arrival in zip(done, chains, arrivals):
+                    f.write(json.dumps({"timestamp": _number(arrival),
                                         "input_length": len(row.input_ids),
                                         "output_length": row.output_len, "hash_ids": chain}) + "\n")
             else:
                 writer = csv.writer(f)
                 writer.writerow(["arrival_ms", "prompt_tokens", "completion_tokens"])
-                for row in done:
-                    writer.writerow([_number((row.iteration - first) * step), len(row.input_ids),
-                                     row.output_len])
+                for row, arrival in zip(done, arrivals):
+                    writer.writerow([_number(arrival), len(row.input_ids), row.output_len])
         os.replace(tmp, output)
     except BaseException:
         os.unlink(tmp)

@@ -7,6 +7,7 @@ does nothing unless
   proxy, and before its request receiver takes references to them, the
   recorder wraps both; the token oracle gets a stand-in that forces a
   capture's recorded output tokens while one is replayed (scheduler/oracle.py);
+  the model's forward can be skipped while a replay asks for it (scheduler/skip_model.py);
 - or SGLREPLAY_RECORD_DIR is set on a plain server (`python -m
   sglang.launch_server ...`): scheduler/capture.py records its scheduler.
 """
@@ -38,11 +39,12 @@ def register() -> None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from sgl_replay.scheduler import oracle
+    from sgl_replay.scheduler import oracle, skip_model
 
     HookRegistry.register(HOOK_TARGET, _after_scripted_hook_init, HookType.AFTER)
     HookRegistry.register(CPU_BACKENDS_TARGET, _keep_token_oracle, HookType.AFTER)
     HookRegistry.register(oracle.INSTALL_TARGET, oracle.after_install, HookType.AFTER)
+    HookRegistry.register(skip_model.TARGET, skip_model.around_forward, HookType.AROUND)
 
 
 def _keep_token_oracle(result, server_args, *args, **kwargs):

@@ -26,7 +26,7 @@ import msgspec
 
 from sgl_replay.job import Job
 from sgl_replay.scheduler import inputs as input_codec
-from sgl_replay.scheduler import oracle, workloads
+from sgl_replay.scheduler import oracle, skip_model, workloads
 from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
@@ -88,7 +88,7 @@ class Poster:
 _poster: Optional[Poster] = None
 
 
-def _shared_poster() -> Poster:
+def shared_poster() -> Poster:
     global _poster
     if _poster is None:
         _poster = Poster()
@@ -99,7 +99,7 @@ def record(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     workload = workloads.generator(ctx, job.workload)
     yield from probe.settle()
-    probe.start(job.path, build_header(ctx.scheduler, job))
+    probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=workloads.by_wall_clock(job.workload))
     try:
         yield from workload
     except Exception as e:
@@ -112,10 +112,11 @@ def replay(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
-    poster = _shared_poster()
+    poster = shared_poster()
     rids, forced = _read_rids_and_outputs(job.trace)
     yield from probe.settle(rids)
-    with TraceReader(job.trace) as recorded, oracle.use(forced):
+    skip = bool((job.source.overrides or {}).get("skip_model"))
+    with TraceReader(job.trace) as recorded, oracle.use(forced), skip_model.skipped(skip):
         job = msgspec.structs.replace(job, workload=recorded.header.workload)
         probe.start(job.path, build_header(ctx.scheduler, job))
         try:

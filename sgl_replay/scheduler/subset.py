@@ -20,7 +20,7 @@ import msgspec
 from sgl_replay.job import Job
 from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.recorder import active_probe
-from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, _feed, _shared_poster
+from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, _feed, shared_poster
 
 SCRIPT = "sgl_replay.scheduler.subset:record_subset"
 
@@ -34,7 +34,7 @@ def record_subset(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
-    poster = _shared_poster()
+    poster = shared_poster()
     yield from probe.settle(rids)
     job = msgspec.structs.replace(job, trace=None)
     yield from _run(ctx, probe, poster, base_url, job, steps, limit)

@@ -262,6 +262,12 @@ def resolve(dotted: str) -> Any:
     return obj
 
 
+def by_wall_clock(workload: WorkloadSpec) -> bool:
+    """Whether `workload`'s inputs arrive when the wall clock says (serve
+    mode, a public trace with clock "wall"), not at scripted iterations."""
+    return workload.kind == "serve" or (workload.kind == "public" and (workload.options or {}).get("clock") == "wall")
+
+
 def generator(ctx, workload: WorkloadSpec) -> Generator:
     """The running script for `workload`, inside the scheduler."""
     if workload.kind == "builtin":

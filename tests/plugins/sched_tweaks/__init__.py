@@ -12,6 +12,8 @@ a baseline and every tweak in turn:
                       a second without scheduling), like a nondeterministic bug
   raise_at_start      (read once, when the engine starts) the scheduler raises
                       while it initializes, as a broken revision would
+  model_raises        the embedded GPT-2's transformer raises if it runs (a
+                      replay with the model skipped must not run it)
 
 With SCHED_TWEAKS_WITNESS set, it also appends, for every scheduler loop
 iteration that received requests, the iteration number (its own count of
@@ -73,6 +75,11 @@ def _witness(self, recv_reqs, *args, **kwargs):
             f.write(json.dumps({"call": _state["calls"], "rids": rids}) + "\n")
 
 
+def _model_forward(self, *args, **kwargs):
+    if _mode() == "model_raises":
+        raise RuntimeError("sched_tweaks: the model ran")
+
+
 def _raise_at_start(self, *args, **kwargs):
     raise RuntimeError("sched_tweaks: planted start-up failure")
 
@@ -89,6 +96,7 @@ def register():
                           HookType.AROUND)
     HookRegistry.register(f"{base}.schedule_batch.ScheduleBatch._get_decode_retraction_order",
                           _retraction_order, HookType.AROUND)
+    HookRegistry.register("sglang.srt.models.gpt2.GPT2Model.forward", _model_forward, HookType.BEFORE)
     if _mode() == "raise_at_start":
         HookRegistry.register(f"{base}.scheduler.Scheduler.maybe_init_scripted_scheduler_hook",
                               _raise_at_start, HookType.BEFORE)
