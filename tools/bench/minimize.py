@@ -1,6 +1,8 @@
 """How long `minimize` takes, and how many steps and candidates it needs:
-planted scheduler changes (tests/plugins' sched_tweaks) and a changed engine
-argument, on a recording of the built-in concurrent_decode (64 requests).
+every planted scheduler change of tests/plugins' sched_tweaks that makes a
+run diverge, and a changed engine argument, each on a recording of the
+built-in concurrent_decode (64 requests; for reverse_retraction in a
+1,024-token KV pool, where the scheduler retracts).
 
     flock /tmp/engine.lock .venv/bin/python tools/bench/minimize.py [--case NAME ...]
 
@@ -26,9 +28,11 @@ from sgl_replay.runs.record import record_workload  # noqa: E402
 from sgl_replay.scheduler.workloads import parse  # noqa: E402
 
 CASES = {
-    # name: (workload, suspect engine args, tweak mode or None)
-    "cap_prefill_2": ("concurrent_decode", {}, "cap_prefill_2"),
-    "max_running_requests=8": ("concurrent_decode", {"max_running_requests": 8}, None),
+    # name: (workload, the recording's engine args, suspect engine args, tweak mode or None)
+    "reverse_waiting": ("concurrent_decode", {}, {}, "reverse_waiting"),
+    "cap_prefill_2": ("concurrent_decode", {}, {}, "cap_prefill_2"),
+    "reverse_retraction": ("concurrent_decode", {"max_total_tokens": 1024}, {}, "reverse_retraction"),
+    "max_running_requests=8": ("concurrent_decode", {}, {"max_running_requests": 8}, None),
 }
 
 
@@ -40,21 +44,24 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            traces: dict[str, str] = {}
+            traces: dict[tuple, str] = {}
             for name in args.case or list(CASES):
-                workload, engine_args, tweak = CASES[name]
-                if workload not in traces:
+                workload, record_args, engine_args, tweak = CASES[name]
+                key = (workload, tuple(sorted(record_args.items())))
+                if key not in traces:
                     t0 = time.monotonic()
-                    traces[workload] = os.path.join(tmp, f"{workload}.sglt")
-                    record_workload(pool.get(EngineConfig.embedded()), parse(workload), traces[workload])
-                    print(f"recorded {workload} in {time.monotonic() - t0:.1f}s (engine start included)")
+                    traces[key] = os.path.join(tmp, f"{workload}-{len(traces)}.sglt")
+                    record_workload(pool.get(EngineConfig.embedded(engine_args=record_args)), parse(workload),
+                                    traces[key])
+                    print(f"recorded {workload} {record_args or ''} in {time.monotonic() - t0:.1f}s "
+                          f"(engine start included)")
                 env = {}
                 if tweak:
                     mode = os.path.join(tmp, f"mode-{tweak}")
                     Path(mode).write_text(tweak)
                     env = {"SCHED_TWEAKS_FILE": mode}
                 starts = pool.starts
-                res = minimize(traces[workload], os.path.join(tmp, f"{name}.sglt"), pool=pool,
+                res = minimize(traces[key], os.path.join(tmp, f"{name}.sglt"), pool=pool,
                                engine_args=engine_args, engine_env=env,
                                engine_path=(PLUGINS,) if tweak else (), progress=print)
                 rows.append((name, res, pool.starts - starts))

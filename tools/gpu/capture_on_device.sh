@@ -4,7 +4,7 @@
 # production-like plain servers recorded through SGLREPLAY_RECORD_DIR, driven
 # by sglang's bench_serving; traces and figures in $OUT
 # (tools/gpu/capture_on_device.py says what runs).
-#   usage: OUT=/some/dir tools/gpu/capture_on_device.sh
+#   usage: OUT=/some/dir [SCRIPT=tools/gpu/profile_capture.py] tools/gpu/capture_on_device.sh
 set -uo pipefail
 OUT=${OUT:?set OUT}
 SITE=/tmp/sgl-replay-site
@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # The device workarounds (README, "Recording on a GPU machine"): the wheel
 # lacks the Rust radix tree core; sgl_kernel's compiled ops are built for
 # torch 2.14.1 and cannot load on this machine's torch 2.11.
-export PYTHONPATH="$SITE" PYTHONUNBUFFERED=1 SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python SGL_KERNEL_ALLOW_MISSING_OPS=1
+export PATH="$SITE/bin:$PATH" PYTHONPATH="$SITE" PYTHONUNBUFFERED=1 SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python SGL_KERNEL_ALLOW_MISSING_OPS=1
 python3 -c "import torch, sglang; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'sglang', sglang.__version__)" | tee "$OUT/versions.txt"
 # bench_serving imports `datasets` (MMMU) and PIL (image datasets) at start-up;
 # that machine has neither and the generated-shared-prefix dataset uses
@@ -26,5 +26,6 @@ for module in datasets PIL; do
   echo "shim: $module" | tee -a "$OUT/versions.txt"
 done
 export PYTHONPATH="$PYTHONPATH:$SHIMS"
-timeout -s INT 540 python3 tools/gpu/capture_on_device.py --out "$OUT" "$@"
+# SCRIPT=tools/gpu/profile_capture.py runs the profile instead (py-spy's wheel in .whl)
+timeout -s INT 540 python3 "${SCRIPT:-tools/gpu/capture_on_device.py}" --out "$OUT" "$@"
 ls -la "$OUT"
