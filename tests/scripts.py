@@ -37,3 +37,12 @@ def long_decode(ctx):
     for i in range(4):
         ctx.start_req(rid=f"slow-{i}", prompt_len=32, max_new_tokens=2000, ignore_eos=True)
     yield from drain(ctx)
+
+
+def kv_pressure_32(ctx):
+    """kv_pressure's shape with 32 requests (tools/bench/minimize.py runs it
+    in a 2,048-token KV pool, twice kv_pressure's): they stop at EOS, so the
+    scheduler admits on its estimate and retracts."""
+    for i in range(32):
+        ctx.start_req(rid=f"kv32-{i}", prompt_len=48, max_new_tokens=120)
+    yield from drain(ctx)

@@ -1,8 +1,9 @@
 """How long `minimize` takes, and how many steps and candidates it needs:
 every planted scheduler change of tests/plugins' sched_tweaks that makes a
 run diverge, and a changed engine argument, each on a recording of the
-built-in concurrent_decode (64 requests; for reverse_retraction in a
-1,024-token KV pool, where the scheduler retracts).
+built-in concurrent_decode (64 requests), or for reverse_retraction of
+tests/scripts.py's kv_pressure_32 (32 requests that outgrow a 2,048-token
+KV pool, so the scheduler retracts).
 
     flock /tmp/engine.lock .venv/bin/python tools/bench/minimize.py [--case NAME ...]
 
@@ -21,9 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = str(ROOT / "tests" / "plugins")
+TESTS = str(ROOT / "tests")  # scripts.py
 
 from sgl_replay.runs.engine import EngineConfig, EnginePool  # noqa: E402
-from sgl_replay.runs.minimize import minimize  # noqa: E402
+from sgl_replay.runs.minimize import NotDiverging, minimize  # noqa: E402
 from sgl_replay.runs.record import record_workload  # noqa: E402
 from sgl_replay.scheduler.workloads import parse  # noqa: E402
 
@@ -31,7 +33,7 @@ CASES = {
     # name: (workload, the recording's engine args, suspect engine args, tweak mode or None)
     "reverse_waiting": ("concurrent_decode", {}, {}, "reverse_waiting"),
     "cap_prefill_2": ("concurrent_decode", {}, {}, "cap_prefill_2"),
-    "reverse_retraction": ("concurrent_decode", {"max_total_tokens": 1024}, {}, "reverse_retraction"),
+    "reverse_retraction": ("scripts:kv_pressure_32", {"max_total_tokens": 2048}, {}, "reverse_retraction"),
     "max_running_requests=8": ("concurrent_decode", {}, {"max_running_requests": 8}, None),
 }
 
@@ -40,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", choices=sorted(CASES))
     args = parser.parse_args()
-    pool = EnginePool(extra_sys_path=(PLUGINS,), max_live=2)
+    pool = EnginePool(extra_sys_path=(PLUGINS, TESTS), max_live=2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -50,7 +52,7 @@ def main() -> None:
                 key = (workload, tuple(sorted(record_args.items())))
                 if key not in traces:
                     t0 = time.monotonic()
-                    traces[key] = os.path.join(tmp, f"{workload}-{len(traces)}.sglt")
+                    traces[key] = os.path.join(tmp, f"{workload.replace(':', '-')}-{len(traces)}.sglt")
                     record_workload(pool.get(EngineConfig.embedded(engine_args=record_args)), parse(workload),
                                     traces[key])
                     print(f"recorded {workload} {record_args or ''} in {time.monotonic() - t0:.1f}s "
@@ -61,9 +63,13 @@ def main() -> None:
                     Path(mode).write_text(tweak)
                     env = {"SCHED_TWEAKS_FILE": mode}
                 starts = pool.starts
-                res = minimize(traces[key], os.path.join(tmp, f"{name}.sglt"), pool=pool,
-                               engine_args=engine_args, engine_env=env,
-                               engine_path=(PLUGINS,) if tweak else (), progress=print)
+                try:
+                    res = minimize(traces[key], os.path.join(tmp, f"{name}.sglt"), pool=pool,
+                                   engine_args=engine_args, engine_env=env,
+                                   engine_path=(PLUGINS,) if tweak else (), progress=print)
+                except NotDiverging as e:
+                    print(f"{name}: {e}")
+                    continue
                 rows.append((name, res, pool.starts - starts))
         finally:
             pool.close()
