@@ -7,8 +7,9 @@ KV pool, so the scheduler retracts).
 
     flock /tmp/engine.lock .venv/bin/python tools/bench/minimize.py [--case NAME ...]
 
-Engines are shared across cases (one EnginePool): the figures are the
-search's own cost once the engines run (their start-up is printed apart).
+Engines are shared across cases (one EnginePool of two): a case's seconds
+are minimize's wall time, including the engine starts it needed (counted in
+the "starts" column).
 """
 
 from __future__ import annotations
