@@ -180,11 +180,13 @@ def _public_trace_options(fn):
 @click.option("--duration", type=float, default=None, help="serve: stop after this many seconds.")
 @click.option("--idle-timeout", type=float, default=None,
               help="serve: stop once idle this long after the first request.")
+@click.option("--redact", "redacted", is_flag=True,
+              help="Write the trace redacted (see `sgl-replay redact`): no token id of the run is kept.")
 @_public_trace_options
 @_errors_to_exit_codes
 def record(workload: str, output: str, model_path: Optional[str], device: Optional[str],
            engine_args: tuple[str, ...], duration: Optional[float], idle_timeout: Optional[float],
-           **trace_options) -> None:
+           redacted: bool = False, **trace_options) -> None:
     """Run WORKLOAD on the real engine and write its trace.
 
     WORKLOAD is a built-in name (see `sgl-replay workloads`), `serve` (the
@@ -220,7 +222,15 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
                                             f"{idle_timeout:g}s idle" if idle_timeout else "") if x)
             click.echo(f"serving {engine.base_url}/generate until {limit}; Ctrl-C stops "
                        f"and keeps the trace", err=True)
-        end = record_workload(engine, spec, output, argv=sys.argv[1:])
+        raw = output + ".unredacted" if redacted else output
+        end = record_workload(engine, spec, raw, argv=sys.argv[1:])
+    if redacted:
+        from sgl_replay.runs.redact import redact
+
+        try:
+            redact(raw, output)
+        finally:
+            os.unlink(raw)
     size = os.path.getsize(output)
     click.echo(f"recorded {end.iterations} loop iterations, {end.forwards} forward batches, "
                f"{end.requests} requests -> {output} ({size / 1024:.1f} KiB)")
@@ -598,6 +608,26 @@ def minimize(trace: str, output: str, match: str, no_verify: bool, device: Optio
             "kinds": list(res.kinds), "seconds": round(res.seconds, 1),
             "baseline": res.baseline.outcome.value if res.baseline else None,
             "suspect": res.suspect.outcome.value if res.suspect else None}))
+
+
+@main.command("redact")
+@click.argument("trace", type=TRACE_PATH)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The redacted trace to write (.sglt).")
+@_errors_to_exit_codes
+def redact_trace(trace: str, output: str) -> None:
+    """Write TRACE with every token id (prompts, recorded outputs) replaced by
+    synthetic ids that keep each sequence's length and exactly which prefixes
+    the sequences share (what the radix cache sees), EOS and stop ids as they
+    are, and credential settings removed. Its replay has the same
+    consequences as the original's."""
+    from sgl_replay.runs.capture import check_writable
+    from sgl_replay.runs.redact import redact
+
+    check_writable(output)
+    figures = redact(trace, output)
+    click.echo(f"{output}: {figures['requests']} requests, {figures['tokens']} token ids replaced "
+               f"({figures['outputs']} recorded outputs)")
 
 
 @main.command("export-test")

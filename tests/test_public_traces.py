@@ -295,3 +295,74 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
     assert [float(r["arrival_ms"]) for r in table] == pytest.approx(
         [pulled[q.rid] - first for q in imported.requests], abs=1e-3)
     assert [int(r["prompt_tokens"]) for r in table] == [q.input_len for q in imported.requests]
+
+
+# ------------------------------------------------------------------ redact
+def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_path):
+    """No engine: a hand-made capture-like trace (prompts with shared
+    prefixes, recorded outputs, an EOS), redacted."""
+    from sgl_replay.runs.redact import redact
+    from sgl_replay.trace.format import Header, Iteration, Model, hash_ids, pack_ids, unpack_ids
+    from sgl_replay.trace.writer import TraceWriter
+    from sgl_replay.trace.format import End
+
+    prompts = [[50, 51, 52, 53, 54], [50, 51, 52, 99], [50, 51, 52, 53, 54, 55, 56], [7, 8], [50, 2, 9]]
+    outputs = {0: [60, 61, 2], 2: [62, 63]}
+    src = str(tmp_path / "src.sglt")
+    header = Header(model=Model(vocab_size=1024, eos_token_ids=[2]),
+                    engine_args={"api_key": "s3cret", "max_total_tokens": 1024},
+                    argv=["--api-key", "s3cret", "--port", "1"])
+    writer = TraceWriter(src, header)
+    inputs = [{"type": "generate", "rid": f"r{k}", "input_ids": pack_ids(p), "sampling": {}, "stream": False}
+              for k, p in enumerate(prompts)]
+    writer.write(Iteration(i=0, inputs=inputs))
+    writer.write(Iteration(i=1, finished=[[n, "stop", len(o), hash_ids(o)] for n, o in outputs.items()],
+                           outputs=[[n, pack_ids(o)] for n, o in outputs.items()]))
+    writer.close(End(complete=True, reason=None, iterations=2, forwards=0, requests=5))
+    out = str(tmp_path / "out.sglt")
+    figures = redact(src, out)
+    assert figures == {"requests": 5, "tokens": 21 + 5, "outputs": 2}
+    header2, body, end = read_all(out)
+    assert header2.redacted and header2.engine_args["api_key"] == "<redacted>"
+    assert header2.argv == ["--api-key", "<redacted>", "--port", "1"] and end.complete
+    new = [unpack_ids(x["input_ids"]) for x in body[0].inputs]
+    outs = {n: unpack_ids(o) for n, o in body[1].outputs}
+    assert [len(p) for p in new] == [len(p) for p in prompts]
+    assert {n: len(o) for n, o in outs.items()} == {n: len(o) for n, o in outputs.items()}
+    full_old = [p + outputs.get(k, []) for k, p in enumerate(prompts)]
+    full_new = [p + outs.get(k, []) for k, p in enumerate(new)]
+    for i in range(5):
+        for j in range(5):
+            assert lcp(full_new[i], full_new[j]) == lcp(full_old[i], full_old[j]), (i, j)
+    assert new[4][1] == 2 and outs[0][-1] == 2  # EOS kept where it was
+    assert all(a != b for a, b in zip(new, prompts)) and 50 not in new[0] + new[1] + new[2]
+    assert [f[3] for f in body[1].finished] == [hash_ids(outs[n]) for n in (0, 2)]
+
+
+def read_all(path: str):
+    with TraceReader(path) as reader:
+        body = list(reader.iterations())
+        return reader.header, body, reader.end
+
+
+def test_a_redacted_recording_replays_with_the_originals_consequences(slice_recording, engines, tmp_path):
+    """The Mooncake slice (prefix reuse: cached tokens) redacted: no prompt is
+    kept, its replay is `same`, and what ran (batches with their new and
+    cached tokens, finishes) is the original recording's."""
+    _, out = slice_recording
+    redacted = str(tmp_path / "redacted.sglt")
+    result = CliRunner().invoke(main, ["redact", out, "-o", redacted])
+    assert result.exit_code == 0, result.output
+    original, replayed = body(out), str(tmp_path / "replayed.sglt")
+    old_prompts = [x["input_ids"] for rec in original for x in rec.inputs if x["type"] == "generate"]
+    new_prompts = [x["input_ids"] for rec in body(redacted) for x in rec.inputs if x["type"] == "generate"]
+    assert len(new_prompts) == 24 and all(a != b and len(a) == len(b) for a, b in zip(old_prompts, new_prompts))
+    verdict = check(redacted, pool=engines, observed=replayed)
+    assert verdict.outcome is Outcome.SAME, verdict.lines(redacted, "replay")
+
+    def consequences(records):
+        return [(rec.i, [(b.mode, b.reqs, b.new, b.cached) for b in rec.batches],
+                 [f[:3] for f in rec.finished]) for rec in records if rec.batches or rec.finished]
+
+    assert consequences(body(replayed)) == consequences(original)
+    assert sum(c for rec in original for b in rec.batches for c in (b.cached or ())) > 5000

@@ -180,6 +180,12 @@ def _argv_of_server() -> Optional[list[str]]:
         argv = list(psutil.Process().parent().cmdline())
     except Exception:  # noqa: BLE001 — informational only
         return None
+    return redact_argv(argv)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """`argv` with the values of credential options (`--name=value` or
+    `--name value`) written as REDACTED."""
     out, secret_next = [], False
     for arg in argv:
         if secret_next:

@@ -22,19 +22,16 @@ Loop iteration i, as the scheduler runs it:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import struct
 import time
 import traceback
-from array import array
 from typing import Any, Generator, Optional
 
 import msgspec
 
 from sgl_replay.scheduler import inputs as input_codec
-from sgl_replay.trace.format import ITER, End, Header, pack_ids
+from sgl_replay.trace.format import ITER, End, Header, hash_ids, pack_ids
 from sgl_replay.trace.writer import TraceWriter
 
 logger = logging.getLogger(__name__)
@@ -414,7 +411,7 @@ class Recording:
         name = reason.to_json().get("type", type(reason).__name__) if reason is not None else "abort"
         if self.capture:
             self._outputs.append([n, pack_ids(r.output_ids)])
-        return [n, name, len(r.output_ids), _hash_ids(r.output_ids)]
+        return [n, name, len(r.output_ids), hash_ids(r.output_ids)]
 
     def _vanished(self) -> list:
         """Requests that left the scheduler without finishing through a batch:
@@ -432,7 +429,7 @@ class Recording:
         for n, rid in list(self.pending.items()):
             if rid not in present:
                 del self.pending[n]
-                gone.append([n, "abort", 0, _hash_ids(())])
+                gone.append([n, "abort", 0, hash_ids(())])
         if self._saw_abort:
             for n, r in list(self.live.items()):
                 if r.rid not in present:
@@ -466,9 +463,3 @@ class Recording:
                   busy_recorder_seconds=None if busy is None else round(busy[1], 6))
         self.writer.close(end, wait=wait)
         return end
-
-
-def _hash_ids(ids) -> int:
-    # the bytes of array("q", ids), which struct packs three times as fast
-    raw = ids.tobytes() if isinstance(ids, array) else struct.pack(f"={len(ids)}q", *ids)
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
