@@ -5,7 +5,8 @@ are a stream of blocks, each its byte length (a msgpack uint) then a msgpack
 array of records (maps). The header is the first frame's only block.
 
     header   {"t": "header", "format": 3, versions, device, engine_args,
-              server_args, env, model, pools, workload, source}
+              server_args, env, model, pools, workload, source,
+              "redacted": true where `sgl-replay redact` wrote it}
     iter     {"t": "iter", "i": loop iteration, and only what happened:
               "inputs":    objects the scheduler pulled, in pull order
               "batches":   forward batches launched, in launch order
@@ -15,7 +16,11 @@ array of records (maps). The header is the first frame's only block.
               "outputs":   [[req, output_ids], ...]  (captures of a plain
                            server only: the output token ids of each request
                            in "finished", packed like input_ids; a replay
-                           forces them at their positions)}
+                           forces them at their positions)
+              "ms":        ms since the recording started, on iterations
+                           that pulled inputs, in recordings whose inputs
+                           came by the wall clock (captures, serve,
+                           --clock wall)}
     end      {"t": "end", "complete": bool, "reason": str | None,
               "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
               "recorder_seconds": of that, time in the recorder's own code,
