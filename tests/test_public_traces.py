@@ -339,6 +339,35 @@ def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_pa
     assert [f[3] for f in body[1].finished] == [hash_ids(outs[n]) for n in (0, 2)]
 
 
+def test_redacting_a_hostile_trace_is_one_trace_error(tmp_path):
+    """An output for a request that never arrived, or a vocabulary size of a
+    billion in the header: a TraceError, and no vocabulary-sized list."""
+    from sgl_replay.runs.redact import redact
+    from sgl_replay.trace.format import End, Header, Iteration, Model, pack_ids
+    from sgl_replay.trace.reader import TraceError
+    from sgl_replay.trace.writer import TraceWriter
+
+    def trace(name: str, header: Header, records: list) -> str:
+        path = str(tmp_path / name)
+        writer = TraceWriter(path, header)
+        for record in records:
+            writer.write(record)
+        writer.close(End(complete=True, reason=None, iterations=2, forwards=0, requests=1))
+        return path
+
+    generate = {"type": "generate", "rid": "r0", "input_ids": pack_ids([5, 6, 7]), "sampling": {}, "stream": False}
+    orphan = trace("orphan.sglt", Header(), [Iteration(i=0, inputs=[generate]),
+                                             Iteration(i=1, outputs=[[7, pack_ids([1])]])])
+    with pytest.raises(TraceError, match="output of request 7, which has no input"):
+        redact(orphan, str(tmp_path / "out.sglt"))
+    assert not (tmp_path / "out.sglt").exists()
+    huge = trace("huge.sglt", Header(model=Model(vocab_size=10**9)), [Iteration(i=0, inputs=[generate])])
+    assert redact(huge, str(tmp_path / "huge.out.sglt"))["tokens"] == 3
+    bad = trace("bad.sglt", Header(model=Model(config={"vocab_size": "many"})), [Iteration(i=0, inputs=[generate])])
+    with pytest.raises(TraceError, match="vocabulary size"):
+        redact(bad, str(tmp_path / "bad.out.sglt"))
+
+
 def read_all(path: str):
     with TraceReader(path) as reader:
         body = list(reader.iterations())

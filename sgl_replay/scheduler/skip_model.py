@@ -29,8 +29,10 @@ _logits = None  # one placeholder buffer, sliced per batch (its contents are nev
 
 
 def around_forward(original, self, input_ids, positions, forward_batch, *args, **kwargs):
+    if not _skip:  # every forward of every engine sgl-replay starts passes here
+        return original(self, input_ids, positions, forward_batch, *args, **kwargs)
     hidden = forward_batch.capture_hidden_mode
-    if not _skip or forward_batch.return_logprob or (hidden is not None and hidden.need_capture()):
+    if forward_batch.return_logprob or (hidden is not None and hidden.need_capture()):
         return original(self, input_ids, positions, forward_batch, *args, **kwargs)
     global _logits
     import torch
