@@ -1,7 +1,7 @@
 """`minimize`: delta debugging on a known predicate, then every planted
 scheduler change of tests/plugins' sched_tweaks shrunk on the real engine,
-and one exported as a test for sglang's own harness (tools/bench/minimize.py
-times these and a changed engine argument)."""
+and a changed engine argument, and one exported as a test for sglang's own
+harness (tools/bench/minimize.py times these)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,24 @@ def test_every_planted_change_shrinks_to_a_few_requests(engines, tweaks, kv_pool
     EXPORTS[tweak] = small
 
 
+def test_a_changed_engine_argument_shrinks_to_one_request(engines, recorded, kv_pool_run, tmp_path):
+    """--engine-arg: the default engine's 64-request concurrent_decode on a
+    1,024-token KV pool (max_running_requests as sglang sizes it for that
+    pool), which is the replay configuration of kv_pool_run's recording, so
+    both engines are shared. The pool's size is a consequence --level full
+    compares after every iteration: one request shows it. (At --level
+    composition the batches differ only once the pool overflows: 18
+    requests, 87 candidates, 2.5 minutes here; not run in CI.)"""
+    trace = recorded("concurrent_decode")
+    small = str(tmp_path / "small.sglt")
+    starts = engines.starts
+    res = minimize(trace, small, pool=engines, engine_args={"max_total_tokens": 1024, "max_running_requests": 512})
+    assert res.requests_before == 64 and res.requests_after == 1, res.kept
+    assert res.kinds == ("state",)
+    assert res.baseline.outcome is Outcome.SAME and res.suspect.outcome is Outcome.DIVERGED
+    assert engines.starts - starts <= 1  # at most an engine the pool had let go
+
+
 EXPORTS: dict[str, str] = {}  # tweak -> its minimized trace, for the export test below
 
 
@@ -86,12 +104,21 @@ def test_a_minimized_trace_exports_a_test_for_sglangs_harness(tweaks, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SGLREPLAY", "SGL_REPLAY", "SCHED_TWEAKS"))}
     env.pop("PYTHONPATH", None)
 
-    def run_exported(extra_env: dict) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:sgl_replay", "-p", "no:cacheprovider",
-                               str(exported)], cwd=str(exported.parent), env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=900)
+    def start_exported(extra_env: dict) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:sgl_replay", "-p", "no:cacheprovider",
+                                 str(exported)], cwd=str(exported.parent), env={**env, **extra_env},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    baseline = run_exported({})
+    def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+        out, _ = proc.communicate(timeout=900)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+    # both at once: each starts an engine of its own (most of the time here)
+    runs = [start_exported({}), start_exported({"PYTHONPATH": plugins, "SCHED_TWEAKS_FILE": str(mode)})]
+    try:
+        baseline, suspect = [finish(p) for p in runs]
+    finally:
+        for p in runs:
+            p.kill()
     assert baseline.returncode == 0, baseline.stdout[-3000:]
-    suspect = run_exported({"PYTHONPATH": plugins, "SCHED_TWEAKS_FILE": str(mode)})
     assert suspect.returncode == 1 and "AssertionError" in suspect.stdout, suspect.stdout[-3000:]
