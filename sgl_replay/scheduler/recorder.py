@@ -420,11 +420,14 @@ class Recording:
         pulled inputs."""
         s = self.scheduler
         present = {r.rid for r in s.waiting_queue}
-        for batch in (s.running_batch, s.last_batch):
-            if batch is not None:
-                present.update(r.rid for r in batch.reqs)
-        if s.chunked_req is not None:
-            present.add(s.chunked_req.rid)
+        if self._saw_abort or not present.issuperset(self.pending.values()):
+            # a pending request not waiting may have run this iteration (its
+            # batch is last_batch): the batches are read only then
+            for batch in (s.running_batch, s.last_batch):
+                if batch is not None:
+                    present.update(r.rid for r in batch.reqs)
+            if s.chunked_req is not None:
+                present.add(s.chunked_req.rid)
         gone = []
         for n, rid in list(self.pending.items()):
             if rid not in present:

@@ -55,7 +55,7 @@ class TraceWriter:
         self._file: Optional[BinaryIO] = open(path, "wb")
         # the checksum makes a corrupt frame fail loudly at its end, not decode to garbage
         self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        self._packer = msgpack.Packer(use_bin_type=True)
+        self._encoder = msgspec.msgpack.Encoder()  # msgpack's bytes, a few times faster than msgpack.Packer
         self._buffer = bytearray()  # the block's records, packed
         self._buffer_records = 0
         self._frame = None  # the open frame's compressor
@@ -84,7 +84,7 @@ class TraceWriter:
         batches = record.get("batches")
         if batches:
             record = self._leave_out_repeated_reqs(record, batches)
-        packed = self._packer.pack(record)
+        packed = self._encoder.encode(record)
         if len(packed) > MAX_RECORD_BYTES:
             raise ValueError(f"a record of {len(packed)} bytes: a trace block holds at most "
                              f"{MAX_RECORD_BYTES}")
