@@ -21,6 +21,7 @@ from sgl_replay.runs.record import record_workload
 from sgl_replay.scheduler import public_traces as pt
 from sgl_replay.scheduler import workloads
 from sgl_replay.trace import TraceReader
+from sgl_replay.views import write_timeline
 
 DATA = Path(__file__).parent / "data"
 SLICE = DATA / "mooncake_slice.jsonl"
@@ -295,6 +296,21 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
     assert [float(r["arrival_ms"]) for r in table] == pytest.approx(
         [pulled[q.rid] - first for q in imported.requests], abs=1e-3)
     assert [int(r["prompt_tokens"]) for r in table] == [q.input_len for q in imported.requests]
+    # the timeline is drawn on the recording's wall clock: each request's
+    # life starts at the time of the iteration that pulled it
+    drawn = tmp_path / "wall.json"
+    assert write_timeline(out, str(drawn))["time_axis"] == "wall"
+    events = json.loads(drawn.read_text())["traceEvents"]
+    life = {}
+    for e in events:
+        if e["ph"] == "b":
+            life.setdefault(e["id"], e["ts"])
+    assert [life[k] for k in range(len(imported.requests))] == pytest.approx(
+        [pulled[r.rid] * 1000 for r in imported.requests], abs=1)
+    forwards = [e["ts"] for e in events if e["ph"] == "X"]
+    with TraceReader(out) as reader:
+        seconds = sum(1 for _ in reader.iterations()) and reader.end.seconds
+    assert forwards == sorted(forwards) and forwards[-1] <= seconds * 1e6
 
 
 # ------------------------------------------------------------------ redact

@@ -258,8 +258,21 @@ def test_timeline_of_every_golden_is_valid(tmp_path, path):
 
 
 def test_wall_times_are_used_when_records_carry_them():
-    records = [SimpleNamespace(i=0, us=0), SimpleNamespace(i=1, us=700), SimpleNamespace(i=5, us=2700)]
-    assert list((r.i, ts, dur) for r, ts, dur in _timed(iter(records))) == [
-        (0, 0, 700), (1, 700, 500), (5, 2700, 500)]
-    plain = [SimpleNamespace(i=0), SimpleNamespace(i=3)]
-    assert [(ts, dur) for _, ts, dur in _timed(iter(plain))] == [(0, ITERATION_US), (3 * ITERATION_US, ITERATION_US)]
+    """A wall-clock recording's iterations that pulled inputs carry their
+    time (ms); those between are spread evenly, those after the last up to
+    the end record's time."""
+    def rec(i, ms=None, inputs=()):
+        return SimpleNamespace(i=i, ms=ms, inputs=inputs)
+
+    pulled = ({"type": "generate"},)
+    records = [rec(0, 1.0, pulled), rec(1), rec(3), rec(4, 9.0, pulled), rec(6)]
+    end = SimpleNamespace(iterations=8, seconds=0.013)
+    assert [(r.i, ts, dur, wall) for r, ts, dur, wall in _timed(iter(records), lambda: end)] == [
+        (0, 1000, 2000, True), (1, 3000, 2000, True), (3, 7000, 2000, True),
+        (4, 9000, 1000, True), (6, 11000, 1000, True)]
+    # no end record (a torn trace): the last pace goes on
+    assert [ts for _, ts, _, _ in _timed(iter(records))][-2:] == [9000, 13000]
+    plain = [rec(0, inputs=pulled), rec(3, 5.0, pulled)]  # the first arrival has no time: no wall clock
+    assert [(ts, dur, wall) for _, ts, dur, wall in _timed(iter(plain))] == [
+        (0, ITERATION_US, False), (3 * ITERATION_US, ITERATION_US, False)]
+

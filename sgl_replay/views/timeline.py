@@ -14,29 +14,35 @@ writes (pid 1 "scheduler", pid 2 "requests"):
   - an instant event ("i") per retraction on the "retractions" thread;
   - process and thread names ("M").
 
-Records carry no per-iteration timestamp yet, so the time axis is the loop
-iteration scaled to microseconds (1 iteration = 1000 us; `otherData` and the
-scheduler's process labels say so). An iteration record with a wall time
-(`us`: microseconds from the run's start when the iteration began) is placed
-at that time instead.
+The time axis is the wall clock where the recording kept it: a recording
+whose inputs came by the wall clock (a capture, serve mode, --clock wall)
+keeps on each iteration that pulled inputs its time since the recording
+started (`ms`); the iterations between two such are spread evenly over the
+time between them, and those after the last up to the end record's
+`seconds`. Elsewhere the axis is the loop iteration scaled to microseconds
+(1 iteration = 1000 us). `otherData` and the scheduler's process labels say
+which.
 
 Streams: events are written as records are read, and the only state is the
-requests still open (their rid and phase), so memory does not grow with the
-trace's length.
+requests still open (their rid and phase) and, on the wall-clock axis, the
+records since the last timed one (at most MAX_HELD), so memory does not grow
+with the trace's length.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import msgspec
 
-from sgl_replay.trace.format import Batch, Iteration, State
+from sgl_replay.trace.format import Batch, End, Iteration, State
 from sgl_replay.trace.reader import TraceReader
 
 ITERATION_US = 1000  # time axis without wall times: one loop iteration per millisecond
+MAX_HELD = 4096  # records held waiting for the next wall time; past it, placed at the last pace
 SCHEDULER, REQUESTS = 1, 2  # pids
 FORWARDS, RETRACTIONS = 1, 2  # tids of the scheduler process
 ASYNC_TID = 0  # async events belong to their id, not a thread; tid is required anyway
@@ -102,34 +108,58 @@ class _EventWriter:
         self._pending.clear()
 
 
-def _timed(records: Iterator[Iteration]) -> Iterator[tuple[Iteration, float, float]]:
-    """(record, start us, duration us). Without wall times an iteration lasts
-    ITERATION_US; with them, the time to the next record's start divided by
-    the loop iterations in between (the last one: as long as the one before).
-    One record of look-ahead, nothing more."""
-    previous = next(records, None)
-    duration = ITERATION_US
+def _timed(records: Iterator[Iteration], end: Callable[[], Optional[End]] = lambda: None
+           ) -> Iterator[tuple[Iteration, float, float, bool]]:
+    """(record, start us, duration us of one iteration, on the wall clock).
+    The wall clock when the first record that pulled inputs carries a time
+    (looked for among the first MAX_HELD records); `end` gives the end
+    record once the records are exhausted."""
+    head = []
     for record in records:
-        duration = _duration(previous, record)
-        yield previous, _start(previous), duration
-        previous = record
-    if previous is not None:
-        yield previous, _start(previous), duration
+        head.append(record)
+        if record.inputs or len(head) >= MAX_HELD:
+            break
+    if not head or _wall(head[-1]) is None:
+        for record in itertools.chain(head, records):
+            yield record, record.i * ITERATION_US, ITERATION_US, False
+        return
+    yield from _on_the_wall_clock(itertools.chain(head, records), end)
+
+
+def _on_the_wall_clock(records: Iterator[Iteration], end: Callable[[], Optional[End]]
+                       ) -> Iterator[tuple[Iteration, float, float, bool]]:
+    # the records from the last timed one (the anchor: iteration, us) on;
+    # the recording starts at iteration 0, time 0
+    anchor_i, anchor_us, pace = 0, 0.0, float(ITERATION_US)
+    held: list = []
+
+    def spread(next_i: int, next_us: float) -> Iterator[tuple[Iteration, float, float, bool]]:
+        nonlocal pace
+        if next_i > anchor_i:
+            pace = max(0.0, next_us - anchor_us) / (next_i - anchor_i)
+        for r in held:
+            yield r, anchor_us + (r.i - anchor_i) * pace, pace, True
+
+    for record in records:
+        wall = _wall(record)
+        if wall is None and len(held) < MAX_HELD:
+            held.append(record)
+            continue
+        if wall is None:  # a long stretch without inputs: go on at the last pace
+            wall = anchor_us + (record.i - anchor_i) * pace
+        wall = max(wall, anchor_us)
+        yield from spread(record.i, wall)
+        anchor_i, anchor_us, held = record.i, wall, [record]
+    last = end()
+    if last is not None and last.seconds is not None and last.iterations > anchor_i:
+        yield from spread(last.iterations, max(anchor_us, last.seconds * 1e6))
+    else:
+        yield from spread(anchor_i, anchor_us)  # at the last pace
 
 
 def _wall(record: Iteration) -> Optional[float]:
-    return getattr(record, "us", None)  # a future optional field of Iteration
-
-
-def _start(record: Iteration) -> float:
-    wall = _wall(record)
-    return record.i * ITERATION_US if wall is None else wall
-
-
-def _duration(record: Iteration, following: Iteration) -> float:
-    if _wall(record) is None or _wall(following) is None:
-        return ITERATION_US
-    return max(0, _wall(following) - _wall(record)) / (following.i - record.i)
+    ms = getattr(record, "ms", None)
+    return None if ms is None else ms * 1000
 
 
 class _Timeline:
@@ -147,8 +177,8 @@ class _Timeline:
     def run(self, reader: TraceReader) -> dict:
         self._metadata()
         end_ts = 0.0
-        for record, ts, dur in _timed(reader.iterations()):
-            self.wall = self.wall or _wall(record) is not None
+        for record, ts, dur, wall in _timed(reader.iterations(), lambda: reader.end):
+            self.wall = wall
             self._iteration(record, ts, dur, end_ts)
             end_ts = ts + dur
         for n in list(self.open):  # still running when the trace ended
