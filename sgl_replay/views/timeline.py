@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import math
 import os
 from typing import BinaryIO, Callable, Iterator, Optional
 
@@ -158,8 +159,8 @@ def _on_the_wall_clock(records: Iterator[Iteration], end: Callable[[], Optional[
 
 
 def _wall(record: Iteration) -> Optional[float]:
-    ms = getattr(record, "ms", None)
-    return None if ms is None else ms * 1000
+    ms = record.ms  # a hostile trace's nan or inf counts as no time
+    return ms * 1000 if ms is not None and math.isfinite(ms) else None
 
 
 class _Timeline:

@@ -46,8 +46,7 @@ def summarize_stacks(path: str) -> dict:
             if loop is None:
                 continue
             thread += int(count)
-            ours = [k for k, (_, file) in enumerate(fs) if k > loop and "sgl_replay" in file]
-            if ours:
+            if any("sgl_replay" in file for _, file in fs[loop + 1:]):
                 recorder += int(count)
                 leaves[fs[-1][0]] += int(count)
     return {"scheduler_thread_samples": thread, "recorder_samples": recorder,
