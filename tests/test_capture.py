@@ -23,10 +23,14 @@ from pathlib import Path
 import pytest
 
 from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.runs.export import export, trace_requests
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.format import End
 from sgl_replay.trace.reader import TraceReader
 
+# A recording of a public trace (the Mooncake slice at 1/32 of its lengths),
+# exported as Mooncake JSONL for sglang's bench_serving to send.
+MOONCAKE_GOLDEN = Path(__file__).parent.parent / "traces" / "mooncake_prefix_reuse.sglt"
 READY_MARKER = "The server is fired up and ready to roll"
 READY_TIMEOUT_S = 300
 # The server's start: the embedded engine's arguments, but a tokenizer and
@@ -122,6 +126,20 @@ def _bench(server: Server, out: Path, *, prompts: int = 64, rate: float = 16, se
     return json.loads(out.read_text().strip().splitlines()[-1])
 
 
+def _bench_mooncake(server: Server, trace: Path, out: Path) -> dict:
+    """bench_serving's own Mooncake mode on a trace file: each row sent at its
+    timestamp with its output length (ignore_eos), the prompt built by
+    bench_serving from the row's hash_ids."""
+    rows = len(trace.read_text().splitlines())
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--base-url", server.url,
+           "--model", server.model, "--tokenizer", server.model, "--dataset-name", "mooncake",
+           "--dataset-path", str(trace), "--num-prompts", str(rows), "--disable-tqdm",
+           "--output-file", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text().strip().splitlines()[-1])
+
+
 def _traces(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.sglt"))
 
@@ -130,7 +148,8 @@ def _traces(directory: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     """A plain recording server, driven by bench_serving (64 requests
-    arriving at 16/s), a multi-turn conversation, an aborted stream, then
+    arriving at 16/s, then a recording's Mooncake export in bench_serving's
+    Mooncake mode), a multi-turn conversation, an aborted stream, then
     stopped with SIGTERM. Returns (trace, bench result, server log, extras)."""
     tmp = tmp_path_factory.mktemp("capture")
     record_dir = tmp / "traces"
@@ -140,6 +159,9 @@ def captured(tmp_path_factory):
         started = time.monotonic()
         result = _bench(server, tmp / "bench.jsonl")
         extras["bench_s"] = time.monotonic() - started
+        mooncake = tmp / "mooncake.jsonl"
+        export(str(MOONCAKE_GOLDEN), str(mooncake))
+        extras["mooncake"] = (mooncake, _bench_mooncake(server, mooncake, tmp / "bench-mooncake.jsonl"))
         # Multi-turn: the second turn's prompt holds the first turn and its answer.
         first_prompt = list(range(10, 74))
         first = server.generate({"input_ids": first_prompt, "rid": "turn-1",
@@ -211,6 +233,35 @@ def test_multi_turn_reuses_the_cached_prefix(captured):
     cached = [c for r in records for b in r.batches if b.new for n, c in zip(b.reqs, b.cached) if n == second]
     prompt, answer = extras["turns"]
     assert cached and cached[0] >= prompt  # the first turn's prompt (and answer) came from the cache
+
+
+def test_a_mooncake_export_is_what_bench_serving_sends_and_it_exports_back(captured, tmp_path):
+    """Mooncake out: a recording's Mooncake export drives sglang's own
+    bench_serving (--dataset-name mooncake), which sends each row at its
+    timestamp with its output length; the capture of that traffic exports
+    back to the same rows' output lengths and arrival times."""
+    traces, _, _, extras, _ = captured
+    sent, result = extras["mooncake"]
+    rows = [json.loads(line) for line in sent.read_text().splitlines()]
+    assert result["completed"] == len(rows) == 24
+    back = tmp_path / "back.jsonl"
+    export(str(traces[0]), str(back), block_size=16)
+    captured_rows = [json.loads(line) for line in back.read_text().splitlines()]
+    # the rows bench_serving sent in its trace run come just before the multi-turn conversation
+    rids = [r.rid for r in trace_requests(str(traces[0]))[0]]
+    end = rids.index("turn-1")
+    mine = captured_rows[end - len(rows):end]
+    assert [r["output_length"] for r in mine] == [r["output_length"] for r in rows]
+    t0 = mine[0]["timestamp"]
+    drift = [abs((m["timestamp"] - t0) - r["timestamp"]) for m, r in zip(mine, rows)]
+    assert max(drift) < 1000, drift  # the file spans 4.3 s; here the scheduler pulls each within ~10 ms
+    # bench_serving's prompts grow with the row's hash ids (129 words a block)
+    by_blocks = {}
+    for m, r in zip(mine, rows):
+        by_blocks.setdefault(len(r["hash_ids"]), set()).add(m["input_length"])
+    assert all(len(lengths) == 1 for lengths in by_blocks.values()), by_blocks
+    ordered = [next(iter(by_blocks[k])) for k in sorted(by_blocks)]
+    assert ordered == sorted(ordered) and len(set(ordered)) == len(ordered) >= 3
 
 
 def test_disconnect_is_captured_as_an_abort(captured):
