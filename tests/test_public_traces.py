@@ -136,6 +136,10 @@ def test_window_and_scales(tmp_path):
     ("azure", "TIMESTAMP,Context\n", ":1: header lacks column(s) ContextTokens, GeneratedTokens"),
     ("burstgpt", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
                  "1,ChatGPT,ten,3,13,API log\n", ":2: field Request tokens"),
+    ("azure", 'TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,"' + "1" * 200_000 + '",2\n',
+     ":2: not a CSV row: field larger than field limit"),
+    ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n' + " " * (pt.MAX_LINE_BYTES + 1),
+     f":2: line longer than {pt.MAX_LINE_BYTES} bytes"),
 ])
 def test_a_malformed_row_is_one_error_naming_line_and_field(tmp_path, fmt, text, message):
     path = write(tmp_path, "bad", text)
@@ -143,6 +147,39 @@ def test_a_malformed_row_is_one_error_naming_line_and_field(tmp_path, fmt, text,
         pt.load(fmt, path, {})
     assert f"{path}{message}" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_bytes_that_are_not_utf8_are_one_error_naming_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n\xff\xfe,1,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: not UTF-8 text$"):
+        pt.load("azure", str(path), {})
+
+
+def test_a_file_in_time_order_is_read_only_up_to_the_selection(tmp_path):
+    """A week of traffic, --limit 1000: the rows after the selection are
+    never parsed (here, a malformed one), so import time does not grow
+    with the file."""
+    rows = [{"timestamp": t, "input_length": 8, "output_length": 1} for t in (0, 10, 10, 30)]
+    path = write(tmp_path, "t.jsonl", mooncake(rows) + "not json\n")
+    imported = pt.load("mooncake", path, {"limit": 3})
+    assert [r.line for r in imported.requests] == [1, 2, 3]
+    imported = pt.load("mooncake", path, {"start_ms": 5, "limit": 2})
+    assert [r.line for r in imported.requests] == [2, 3]
+    with pytest.raises(ValueError, match=r"t.jsonl:5: not a JSON object"):
+        pt.load("mooncake", path, {"limit": 5})
+
+
+def test_a_file_out_of_time_order_is_sorted_whole(tmp_path):
+    """Its earliest row anywhere is time zero; the selection is the earliest
+    rows in time (file order among equal times), wherever they lie."""
+    times = (100, 300, 0, 200, 100)
+    rows = [{"timestamp": t, "input_length": 8, "output_length": 1} for t in times]
+    path = write(tmp_path, "t.jsonl", mooncake(rows))
+    imported = pt.load("mooncake", path, {"limit": 3, "iteration_ms": 1})
+    assert [(r.line, r.arrival_ms) for r in imported.requests] == [(3, 0), (1, 100), (5, 100)]
+    imported = pt.load("mooncake", path, {"start_ms": 150})
+    assert [r.line for r in imported.requests] == [4, 2]
 
 
 def test_a_row_too_long_names_the_row_and_the_largest_scale_that_fits():

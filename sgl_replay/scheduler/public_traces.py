@@ -21,7 +21,9 @@ to the row. Scaled block boundaries are round(j * block_size * token_scale),
 the same for every request.
 
 Parsing runs in the parent first (`load`, called by workloads.parse): a
-malformed line or row is one ValueError naming the file, line and field.
+malformed line or row is one ValueError naming the file, line and field. A
+file in time order is parsed only up to the last row the selection needs
+(a week of traffic, --limit 1000); one that is not is read whole and sorted.
 `check_fits` says which row does not fit the engine after scaling and the
 largest token scale that fits. The scheduler side (`run`) reads the file
 again, checks its SHA-256, and drives the requests.
@@ -32,13 +34,12 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
-import io
 import json
 import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Generator, Iterator, Optional
+from typing import Generator, Iterable, Iterator, Optional
 
 FORMATS = ("mooncake", "azure", "burstgpt")
 DEFAULT_BLOCK_SIZE = 512  # Mooncake's block: one hash id covers 512 tokens
@@ -51,6 +52,9 @@ WALL_RESPONSES_S = 600.0
 FIRST_TOKEN = 3
 VOCAB_SIZE = 1024
 ALPHABET = VOCAB_SIZE - FIRST_TOKEN  # 1021 ids a prompt is built from
+# A line of a trace file longer than this is malformed (a Mooncake row of a
+# 1M-token prompt has ~2,000 hash ids, ~15 KB)
+MAX_LINE_BYTES = 1 << 20
 
 OPTION_DEFAULTS = {"limit": None, "start_ms": 0, "time_scale": 1, "token_scale": 1,
                    "block_size": DEFAULT_BLOCK_SIZE, "iteration_ms": DEFAULT_ITERATION_MS,
@@ -87,8 +91,7 @@ class Imported:
     sha256: str
     options: dict
     requests: list[Request]
-    skipped_failed: int  # BurstGPT rows with 0 response tokens
-    rows_in_file: int
+    skipped_failed: int  # BurstGPT rows with 0 response tokens (among the rows read)
     # trie: node -> (parent node or -1, index among the parent's children)
     parent: list[int]
     sibling: list[int]
@@ -191,8 +194,27 @@ def _nonneg_number(value, where: str, field: str) -> Fraction:
     return out
 
 
-def parse_mooncake(text: str, name: str) -> Iterator[Row]:
-    for line_no, line in enumerate(text.splitlines(), 1):
+def _lines(f, name: str) -> Iterator[str]:
+    """A binary file's lines as text, each at most MAX_LINE_BYTES long (a
+    file with no line breaks is not read whole); bytes that are not UTF-8
+    are one error naming the line."""
+    line_no = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise ValueError(f"{name}:{line_no}: line longer than {MAX_LINE_BYTES} bytes")
+        try:
+            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name}:{line_no}: not UTF-8 text") from None
+        yield line
+
+
+def parse_mooncake(lines: Iterable[str], name: str) -> Iterator[Row]:
+    for line_no, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{name}:{line_no}"
@@ -214,10 +236,16 @@ def parse_mooncake(text: str, name: str) -> Iterator[Row]:
                   _nonneg_int(obj["output_length"], where, "output_length"), tuple(hash_ids))
 
 
-def _csv_rows(text: str, name: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, dict]]:
-    reader = csv.reader(io.StringIO(text))
+def _csv_rows(lines: Iterable[str], name: str, columns: tuple[str, ...]) -> Iterator[tuple[int, str, dict]]:
+    reader = csv.reader(lines)
     header = None
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as e:  # a NUL byte, a field over csv's size limit
+            raise ValueError(f"{name}:{reader.line_num}: not a CSV row: {e}") from None
+        if fields is None:
+            break
         line_no = reader.line_num
         if not fields or not "".join(fields).strip():
             continue
@@ -265,16 +293,16 @@ def _azure_time_ms(raw: str, where: str) -> Fraction:
     return (seconds + fraction) * 1000
 
 
-def parse_azure(text: str, name: str) -> Iterator[Row]:
-    for line_no, where, row in _csv_rows(text, name, ("TIMESTAMP", "ContextTokens", "GeneratedTokens")):
+def parse_azure(lines: Iterable[str], name: str) -> Iterator[Row]:
+    for line_no, where, row in _csv_rows(lines, name, ("TIMESTAMP", "ContextTokens", "GeneratedTokens")):
         yield Row(line_no, _azure_time_ms(row["TIMESTAMP"], where),
                   _nonneg_int(row["ContextTokens"], where, "ContextTokens"),
                   _nonneg_int(row["GeneratedTokens"], where, "GeneratedTokens"))
 
 
-def parse_burstgpt(text: str, name: str, skipped: list[int]) -> Iterator[Row]:
+def parse_burstgpt(lines: Iterable[str], name: str, skipped: list[int]) -> Iterator[Row]:
     columns = ("Timestamp", "Request tokens", "Response tokens")
-    for line_no, where, row in _csv_rows(text, name, columns):
+    for line_no, where, row in _csv_rows(lines, name, columns):
         seconds = _nonneg_number(row["Timestamp"], where, "Timestamp")
         input_len = _nonneg_int(row["Request tokens"], where, "Request tokens")
         output_len = _nonneg_int(row["Response tokens"], where, "Response tokens")
@@ -284,19 +312,51 @@ def parse_burstgpt(text: str, name: str, skipped: list[int]) -> Iterator[Row]:
         yield Row(line_no, seconds * 1000, input_len, output_len)
 
 
-def parse_rows(fmt: str, text: str, name: str) -> tuple[list[Row], int]:
-    """All rows of a file (ValueError on the first malformed one) and the
-    number of failed requests skipped."""
-    skipped: list[int] = []
+def parse_rows(fmt: str, lines: Iterable[str], name: str, skipped: list[int]) -> Iterator[Row]:
+    """The rows of a file, in file order (ValueError on the first malformed
+    one); failed requests skipped are appended to `skipped`."""
     if fmt == "mooncake":
-        rows = list(parse_mooncake(text, name))
-    elif fmt == "azure":
-        rows = list(parse_azure(text, name))
-    elif fmt == "burstgpt":
-        rows = list(parse_burstgpt(text, name, skipped))
-    else:
-        raise ValueError(f"unknown trace format {fmt!r}; formats: {', '.join(FORMATS)}")
-    return rows, len(skipped)
+        return parse_mooncake(lines, name)
+    if fmt == "azure":
+        return parse_azure(lines, name)
+    if fmt == "burstgpt":
+        return parse_burstgpt(lines, name, skipped)
+    raise ValueError(f"unknown trace format {fmt!r}; formats: {', '.join(FORMATS)}")
+
+
+def select_in_order(rows: Iterable[Row], start_ms: Fraction, limit: Optional[int]) -> Optional[tuple[Fraction, list[Row]]]:
+    """(t0, the selected rows) read from rows in time order, stopping at the
+    last row the selection needs; None at the first row out of time order."""
+    t0, last, selected = None, None, []
+    for row in rows:
+        if last is not None and row.arrival_ms < last:
+            return None
+        last = row.arrival_ms
+        if t0 is None:
+            t0 = row.arrival_ms
+        if row.arrival_ms - t0 >= start_ms:
+            selected.append(row)
+            if limit is not None and len(selected) >= limit:
+                break
+    return t0, selected
+
+
+def select_sorted(rows: Iterable[Row], start_ms: Fraction, limit: Optional[int]) -> tuple[Optional[Fraction], list[Row]]:
+    """(t0, the selected rows) of a file not in time order: every row is read."""
+    ordered = sorted(rows, key=lambda r: r.arrival_ms)  # stable: file order among equals
+    if not ordered:
+        return None, []
+    t0 = ordered[0].arrival_ms
+    selected = [r for r in ordered if r.arrival_ms - t0 >= start_ms]
+    return t0, selected[:limit] if limit is not None else selected
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ scaling
@@ -383,27 +443,25 @@ def load(fmt: str, path: str, options: Optional[dict] = None, *,
          expect_sha256: Optional[str] = None) -> Imported:
     """Read, check, select and scale a trace file. ValueError: one line."""
     opts = normalize_options(fmt, options)
+    start = Fraction(str(opts["start_ms"]))
+    skipped: list[int] = []
     try:
+        digest = _sha256(path)
+        if expect_sha256 is not None and digest != expect_sha256:
+            raise ValueError(f"{path} changed since the recording started (SHA-256 differs)")
+        # Public traces are in time order: read only up to the selection. A
+        # file that is not is read again, whole, and sorted.
         with open(path, "rb") as f:
-            data = f.read()
+            found = select_in_order(parse_rows(fmt, _lines(f, path), path, skipped), start, opts["limit"])
+        if found is None:
+            skipped.clear()
+            with open(path, "rb") as f:
+                found = select_sorted(parse_rows(fmt, _lines(f, path), path, skipped), start, opts["limit"])
     except OSError as e:
         raise ValueError(f"{fmt}: cannot read {path}: {e.strerror or e}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if expect_sha256 is not None and digest != expect_sha256:
-        raise ValueError(f"{path} changed since the recording started (SHA-256 differs)")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    rows, skipped = parse_rows(fmt, text, path)
-    if not rows:
+    t0, selected = found
+    if t0 is None:
         raise ValueError(f"{path}: no requests")
-    t0 = min(r.arrival_ms for r in rows)
-    ordered = sorted(rows, key=lambda r: r.arrival_ms)  # stable: file order among equals
-    start = Fraction(str(opts["start_ms"]))
-    selected = [r for r in ordered if r.arrival_ms - t0 >= start]
-    if opts["limit"] is not None:
-        selected = selected[:opts["limit"]]
     if not selected:
         raise ValueError(f"{path}: no request at or after --start-ms {opts['start_ms']}")
     token_scale = Fraction(str(opts["token_scale"]))
@@ -455,7 +513,7 @@ def load(fmt: str, path: str, options: Optional[dict] = None, *,
                                 input_len=input_len, output_len=output_len, nodes=tuple(nodes)))
     width = [_digits(n) for n in count]
     imported = Imported(fmt=fmt, path=path, sha256=digest, options=opts, requests=requests,
-                        skipped_failed=skipped, rows_in_file=len(rows) + skipped, parent=parent,
+                        skipped_failed=len(skipped), parent=parent,
                         sibling=sibling, width=width, token_scale=token_scale, block_size=block_size)
     imported.root_width = _digits(root_children)
     imported.source_rows = selected

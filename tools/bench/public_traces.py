@@ -1,8 +1,10 @@
 """Importing public serving traces: time per 1,000 imported requests (parse,
-select and scale, and build the exact prompts the engine gets), and, given
-recorded traces, trace size per request. No engine.
+select and scale, and build the exact prompts the engine gets), also from a
+file --repeat times the Mooncake sample (its rows again and again, later in
+time: a long production trace), and, given recorded traces, trace size per
+request. No engine.
 
-    python tools/bench/public_traces.py [--trace run.sglt ...]
+    python tools/bench/public_traces.py [--repeat 100] [--trace run.sglt ...]
 
 Prints one JSON line last: {"bench": "public_traces", ...}.
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 from sgl_replay.scheduler import public_traces as pt
@@ -29,11 +32,24 @@ def import_time(fmt: str, path: str, options: dict, n: int) -> dict:
     tokens = sum(len(imported.input_ids(r)) for r in imported.requests)
     built = time.perf_counter()
     k = len(imported.requests) / 1000
-    return {"format": fmt, "token_scale": options.get("token_scale", 1), "requests": len(imported.requests),
-            "rows_in_file": imported.rows_in_file, "prompt_tokens": tokens,
+    return {"format": fmt, "file": os.path.basename(path), "file_mb": round(os.path.getsize(path) / 1e6, 1),
+            "token_scale": options.get("token_scale", 1), "requests": len(imported.requests),
+            "prompt_tokens": tokens,
             "parse_s_per_1k": round((parsed - started) / k, 3),
             "prompts_s_per_1k": round((built - parsed) / k, 3),
             "total_s_per_1k": round((built - started) / k, 3)}
+
+
+def repeated(source: str, times: int, directory: str) -> str:
+    """The Mooncake sample `times` over, each copy after the last in time."""
+    with open(source) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    span = max(r["timestamp"] for r in rows) + 1
+    path = os.path.join(directory, f"mooncake_x{times}.jsonl")
+    with open(path, "w") as f:
+        for k in range(times):
+            f.writelines(json.dumps({**r, "timestamp": r["timestamp"] + k * span}) + "\n" for r in rows)
+    return path
 
 
 def trace_size(path: str) -> dict:
@@ -48,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.normpath(DATA))
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=100, help="the long file: the Mooncake sample this many times")
     parser.add_argument("--trace", action="append", default=[])
     args = parser.parse_args()
     imports = []
@@ -58,6 +75,12 @@ def main() -> None:
             continue
         for scale in (1, 0.03125):
             imports.append(import_time(fmt, path, {"token_scale": scale}, args.requests))
+            print(json.dumps(imports[-1]), file=sys.stderr)
+    sample = os.path.join(args.data, SOURCES[0][1])
+    if args.repeat > 1 and os.path.exists(sample):
+        with tempfile.TemporaryDirectory() as directory:
+            long_file = repeated(sample, args.repeat, directory)
+            imports.append(import_time("mooncake", long_file, {"token_scale": 0.03125}, args.requests))
             print(json.dumps(imports[-1]), file=sys.stderr)
     sizes = [trace_size(t) for t in args.trace]
     print(json.dumps({"bench": "public_traces", "imports": imports, "traces": sizes}))
