@@ -16,11 +16,12 @@ from click.testing import CliRunner
 from sgl_replay.cli import main
 from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.runs.export import export, hash_chains
+from sgl_replay.runs.export import BlockIds, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
 from sgl_replay.scheduler import public_traces as pt
 from sgl_replay.scheduler import workloads
 from sgl_replay.trace import TraceReader
+from sgl_replay.trace.format import pack_ids
 from sgl_replay.views import write_timeline
 
 DATA = Path(__file__).parent / "data"
@@ -225,7 +226,11 @@ def test_cli_bad_input_exits_2_and_records_nothing(tmp_path):
 
 def test_hash_chains_number_prefixes_in_order_of_first_appearance():
     a, b = [5] * 10, [5] * 4 + [6] * 6
-    assert hash_chains([a, b, a[:6], [7]], 4) == [[0, 1, 2], [0, 3, 4], [0, 5], [6]]
+    blocks = BlockIds(4)
+    unused = blocks.chain(pack_ids([9] * 9))  # a prompt left out of the export
+    chains = [blocks.chain(pack_ids(p)) for p in (a, b, a[:6], [7], [5] * 8)]
+    assert unused == [0, 1, 2] and chains[0] == [3, 4, 5]
+    assert in_order_of_first_appearance(chains) == [[0, 1, 2], [0, 3, 4], [0, 5], [6], [0, 1]]
 
 
 # ------------------------------------------------------------------ engine

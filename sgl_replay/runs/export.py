@@ -15,12 +15,13 @@
 - hash_ids: the prompt cut into `block_size`-token blocks (the last one may be
   shorter); a block's id stands for the whole prefix through that block, so
   equal prefixes get equal ids. Ids are numbered from 0 in order of first
-  appearance.
+  appearance. Read in one pass: no prompt is held.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sgl_replay.scheduler.public_traces import DEFAULT_BLOCK_SIZE, DEFAULT_ITERATION_MS
-from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.reader import TraceReader
 
 FORMATS = ("mooncake", "csv")
@@ -38,7 +38,8 @@ FORMATS = ("mooncake", "csv")
 class ExportedRow:
     rid: str
     iteration: int
-    input_ids: list[int]
+    input_len: int
+    chain: list[int]  # the prompt's block ids, as BlockIds numbered them
     output_len: Optional[int] = None
     ms: Optional[float] = None  # recorded time of the iteration, if the recording kept it
 
@@ -50,10 +51,36 @@ class Exported:
     iteration_ms: Optional[float]  # None: arrival from recorded times
 
 
-def trace_requests(path: str) -> tuple[list[ExportedRow], Optional[float]]:
+class BlockIds:
+    """Chained block ids of packed prompts (int32, as traces keep them): a
+    block's id stands for the whole prefix through that block. A prefix is
+    keyed by a 128-bit digest chained over its blocks, so memory grows with
+    the distinct blocks of the trace, not with its tokens."""
+
+    def __init__(self, block_size: int) -> None:
+        self.step = 4 * block_size
+        self.ids: dict[bytes, int] = {}
+
+    def chain(self, packed: bytes) -> list[int]:
+        out, key = [], b""
+        for start in range(0, len(packed), self.step):
+            key = hashlib.blake2b(key + packed[start:start + self.step], digest_size=16).digest()
+            out.append(self.ids.setdefault(key, len(self.ids)))
+        return out
+
+
+def in_order_of_first_appearance(chains: list[list[int]]) -> list[list[int]]:
+    """The same ids renumbered from 0 in order of first appearance."""
+    ids: dict[int, int] = {}
+    return [[ids.setdefault(h, len(ids)) for h in chain] for chain in chains]
+
+
+def trace_requests(path: str, block_size: Optional[int] = None) -> tuple[list[ExportedRow], Optional[float]]:
     """Every generate input of a trace, in arrival order, with its output
-    length from its finish; and the recording's iteration_ms, if it had one."""
+    length from its finish and (given a block size) its prompt's block ids;
+    and the recording's iteration_ms, if it had one. Prompts are not kept."""
     rows: list[ExportedRow] = []
+    blocks = BlockIds(block_size) if block_size else None
     with TraceReader(path) as reader:
         workload = reader.header.workload
         iteration_ms = None
@@ -62,35 +89,14 @@ def trace_requests(path: str) -> tuple[list[ExportedRow], Optional[float]]:
         for record in reader.iterations():
             for item in record.inputs:
                 if item.get("type") == "generate":
-                    ids = item.get("input_ids")
-                    rows.append(ExportedRow(item["rid"], record.i, unpack_ids(ids) if ids else [],
-                                            ms=record.ms))
+                    ids = item.get("input_ids") or b""
+                    rows.append(ExportedRow(item["rid"], record.i, len(ids) // 4,
+                                            blocks.chain(ids) if blocks else [], ms=record.ms))
             for finished in record.finished:
                 req, output_len = finished[0], finished[2]
                 if 0 <= req < len(rows) and rows[req].output_len is None:
                     rows[req].output_len = int(output_len)
     return rows, iteration_ms
-
-
-def hash_chains(prompts: list[list[int]], block_size: int) -> list[list[int]]:
-    """Chained block ids: equal prefixes (through a block) get equal ids,
-    numbered in order of first appearance."""
-    ids: dict[tuple[int, bytes], int] = {}
-    out = []
-    for prompt in prompts:
-        chain, parent = [], -1
-        for start in range(0, len(prompt), block_size):
-            key = (parent, bytes(memoryview(_as_array(prompt[start:start + block_size]))))
-            parent = ids.setdefault(key, len(ids))
-            chain.append(parent)
-        out.append(chain)
-    return out
-
-
-def _as_array(tokens: list[int]):
-    from array import array
-
-    return array("l", tokens)
 
 
 def _number(x: float):
@@ -103,7 +109,7 @@ def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = 
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     if block_size < 1:
         raise ValueError("--block-size must be at least 1")
-    rows, recorded_ms = trace_requests(trace)
+    rows, recorded_ms = trace_requests(trace, block_size if fmt == "mooncake" else None)
     done = [r for r in rows if r.output_len is not None]
     if iteration_ms is None and done and all(r.ms is not None for r in done):
         step = None
@@ -111,7 +117,7 @@ def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = 
     else:
         step = iteration_ms if iteration_ms is not None else (recorded_ms or DEFAULT_ITERATION_MS)
         arrivals = [(r.iteration - done[0].iteration) * step for r in done]
-    chains = hash_chains([r.input_ids for r in done], block_size) if fmt == "mooncake" else None
+    chains = in_order_of_first_appearance([r.chain for r in done])
     directory = os.path.dirname(os.path.abspath(output))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".")
     try:
@@ -119,13 +125,13 @@ def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = 
             if fmt == "mooncake":
                 for row, chain, arrival in zip(done, chains, arrivals):
                     f.write(json.dumps({"timestamp": _number(arrival),
-                                        "input_length": len(row.input_ids),
+                                        "input_length": row.input_len,
                                         "output_length": row.output_len, "hash_ids": chain}) + "\n")
             else:
                 writer = csv.writer(f)
                 writer.writerow(["arrival_ms", "prompt_tokens", "completion_tokens"])
                 for row, arrival in zip(done, arrivals):
-                    writer.writerow([_number(arrival), len(row.input_ids), row.output_len])
+                    writer.writerow([_number(arrival), row.input_len, row.output_len])
         os.replace(tmp, output)
     except BaseException:
         os.unlink(tmp)
