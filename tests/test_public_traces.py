@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sgl_replay.cli import main
 from sgl_replay.runs.check import Outcome, check
@@ -395,6 +397,40 @@ def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_pa
     assert new[4][1] == 2 and outs[0][-1] == 2  # EOS kept where it was
     assert all(a != b for a, b in zip(new, prompts)) and 50 not in new[0] + new[1] + new[2]
     assert [f[3] for f in body[1].finished] == [hash_ids(outs[n]) for n in (0, 2)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([2, 5, 6, 7, 40]), max_size=12), min_size=1, max_size=8),
+       st.integers(0, 7))
+def test_the_trie_keeps_every_common_prefix_and_every_reserved_id(sequences, stem):
+    """Any sequences (sharing stems, prefixes of each other, branching inside
+    an edge, before or after it was split): the synthetic ones keep each
+    length, every pairwise common-prefix length and every reserved id; no
+    other id is left as it was mapped to a reserved one; mapping a sequence
+    again gives the same ids."""
+    from sgl_replay.runs.redact import TokenTrie
+
+    sequences = [sequences[stem % len(sequences)][:k % 9] + s for k, s in enumerate(sequences)]
+    trie = TokenTrie(64, {0, 1, 2, 40})
+    new = [trie.map(pack_ids(s)) for s in sequences]
+    assert [len(s) for s in new] == [len(s) for s in sequences]
+    for a, x in zip(sequences, new):
+        for b, y in zip(sequences, new):
+            assert lcp(x, y) == lcp(a, b)
+        assert [t for t, o in zip(x, a) if o in (2, 40)] == [o for o in a if o in (2, 40)]
+        assert not any(t in (0, 1, 2, 40) for t, o in zip(x, a) if o not in (2, 40))
+    assert [trie.map(pack_ids(s)) for s in sequences] == new
+
+
+def test_the_trie_refuses_more_distinct_tokens_than_it_may_hold():
+    from sgl_replay.runs.redact import TokenTrie
+    from sgl_replay.trace.reader import TraceError
+
+    trie = TokenTrie(64, {0, 1, 2}, max_tokens=10)
+    trie.map(pack_ids([5] * 10))
+    trie.map(pack_ids([5] * 6))  # shared: nothing more held
+    with pytest.raises(TraceError, match="more than 10 distinct prefix tokens"):
+        trie.map(pack_ids([5] * 9 + [6]))
 
 
 def test_redacting_a_hostile_trace_is_one_trace_error(tmp_path):

@@ -17,8 +17,10 @@ position, not by content). Credential settings in the header are written as
 <redacted> once more (older traces), and the header says `redacted`. rids,
 stop strings and other request fields are kept.
 
-Two passes over the trace: the first collects every sequence (the token ids
-are what the trie holds), the second rewrites the records as they stream.
+Two passes over the trace: the first collects the recorded outputs and the
+stop ids, the second maps each prompt (with its output) through the trie as
+the records stream, and rewrites them. Memory: 4 bytes per distinct prefix
+token and per recorded output token, at most MAX_TRIE_TOKENS of each.
 A field of the wrong shape in a record is a TraceError, like any bad trace.
 """
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 import bisect
 import os
 import tempfile
-from typing import Iterator
 
 import msgspec
 
@@ -39,15 +40,36 @@ from sgl_replay.trace.writer import TraceWriter
 EMBEDDED_VOCAB = 1024  # the embedded model's, for a trace whose header names none
 
 
-class TokenTrie:
-    """Original sequences -> synthetic ones with the same prefix relation."""
+# The trie keeps 4 bytes per distinct prefix token; a trace with more
+# (prompts and recorded outputs) is refused rather than exhaust memory.
+MAX_TRIE_TOKENS = 1 << 28
 
-    def __init__(self, vocab_size: int, reserved: set[int]) -> None:
+
+class TokenTrie:
+    """Original sequences -> synthetic ones with the same prefix relation.
+
+    A radix tree over packed ids (int32 little-endian, as traces keep them):
+    each node's edge is a span of one bytearray, so memory is 4 bytes per
+    distinct prefix token plus a node per branch. Within an edge every token
+    is its predecessor's only child so far: its synthetic id is the first
+    free one (a reserved id stays itself). A node's k-th distinct
+    non-reserved child, in order of first appearance, gets the k-th free id.
+    Splitting an edge keeps every synthetic id already given out."""
+
+    def __init__(self, vocab_size: int, reserved: set[int], max_tokens: int = MAX_TRIE_TOKENS) -> None:
         self.vocab_size = vocab_size
         self.reserved = reserved
         self._reserved_sorted = sorted(reserved)
-        self.nodes: dict[tuple[int, int], tuple[int, int]] = {}  # (node, original) -> (node, synthetic)
-        self.children: dict[int, int] = {}  # node -> distinct non-reserved children so far
+        self.max_bytes = 4 * max_tokens
+        self.first_free = self._kth_free(0)
+        self.store = bytearray()
+        # per node: its edge's byte span in store, the synthetic id of the
+        # edge's first token, its children by first original token, and its
+        # distinct non-reserved children so far; node 0 is the root
+        self.span: list[list[int]] = [[0, 0]]
+        self.head: list[int] = [-1]
+        self.children: list[dict[int, int]] = [{}]
+        self.free_children: list[int] = [0]
 
     def _kth_free(self, k: int) -> int:
         """The k-th (from 0) id that is not reserved: the least t with k + 1
@@ -59,55 +81,122 @@ class TokenTrie:
                 hi = mid
             else:
                 lo = mid + 1
+        if lo >= self.vocab_size:
+            raise TraceError(f"cannot redact: more than {k} different tokens follow one "
+                             f"prefix (the vocabulary's unreserved ids)")
         return lo
 
-    def map(self, ids: list[int]) -> list[int]:
-        out, node = [], -1
-        for token in ids:
-            key = (node, token)
-            hit = self.nodes.get(key)
-            if hit is None:
-                if token in self.reserved:
-                    synthetic = token
-                else:
-                    k = self.children.get(node, 0)
-                    synthetic = self._kth_free(k)
-                    if synthetic >= self.vocab_size:
-                        raise TraceError(f"cannot redact: more than {k} different tokens follow one "
-                                         f"prefix (the vocabulary's unreserved ids)")
-                    self.children[node] = k + 1
-                hit = self.nodes[key] = (len(self.nodes), synthetic)
-            node = hit[0]
-            out.append(hit[1])
+    def _node(self, start: int, end: int, head: int, children: dict, free: int) -> int:
+        self.span.append([start, end])
+        self.head.append(head)
+        self.children.append(children)
+        self.free_children.append(free)
+        return len(self.span) - 1
+
+    def _synthetic_head(self, parent: int, token: int) -> int:
+        if token in self.reserved:
+            return token
+        k = self.free_children[parent]
+        self.free_children[parent] = k + 1
+        return self._kth_free(k)
+
+    def _inner(self, packed: bytes) -> list[int]:
+        """Synthetic ids of tokens inside an edge."""
+        reserved, free = self.reserved, self.first_free
+        return [t if t in reserved else free for t in unpack_ids(packed)]
+
+    def map(self, packed: bytes) -> list[int]:
+        out: list[int] = []
+        node, pos, n = 0, 0, len(packed)
+        while pos < n:
+            token = _token(packed, pos)
+            child = self.children[node].get(token)
+            if child is None:  # a new branch: the rest of the sequence is its edge
+                start = len(self.store)
+                if start + n - pos > self.max_bytes:
+                    raise TraceError(f"cannot redact: more than {self.max_bytes // 4} distinct prefix "
+                                     f"tokens (prompts and outputs) to keep apart")
+                self.store += packed[pos:]
+                head = self._synthetic_head(node, token)
+                self.children[node][token] = self._node(start, len(self.store), head, {}, 0)
+                out.append(head)
+                out += self._inner(packed[pos + 4:])
+                return out
+            start, end = self.span[child]
+            m = _common_bytes(self.store, start, end, packed, pos)
+            out.append(self.head[child])
+            out += self._inner(packed[pos + 4:pos + m])
+            pos += m
+            if start + m < end and pos < n:  # parts inside the edge: split it there
+                rest = _token(self.store, start + m)
+                free = 0 if rest in self.reserved else 1
+                mid = self._node(start, start + m, self.head[child], {rest: child}, free)
+                self.children[node][token] = mid
+                self.span[child][0] = start + m
+                self.head[child] = rest if rest in self.reserved else self.first_free
+                child = mid
+            node = child
         return out
+
+
+def _token(packed, offset: int) -> int:
+    return int.from_bytes(packed[offset:offset + 4], "little", signed=True)
+
+
+def _common_bytes(store: bytearray, start: int, end: int, packed: bytes, pos: int) -> int:
+    """Length in bytes (a multiple of 4) of the common prefix of
+    store[start:end] and packed[pos:]."""
+    limit = min(end - start, len(packed) - pos)
+    done, step = 0, 4096
+    with memoryview(store) as view:  # released before the store grows again
+        while done < limit:
+            size = min(step, limit - done)
+            if view[start + done:start + done + size] == packed[pos + done:pos + done + size]:
+                done += size
+                continue
+            while size > 4:  # the first differing 4-byte token within this chunk
+                half = (size // 8) * 4
+                if view[start + done:start + done + half] == packed[pos + done:pos + done + half]:
+                    done += half
+                    size -= half
+                else:
+                    size = half
+            break
+    return done
 
 
 # What a field of the wrong shape in a hostile record raises here.
 _BAD_RECORD = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 
 
-def _collect(trace: str) -> tuple[Header, object, dict, dict, set]:
-    """First pass: header, end, every prompt and recorded output by request
+def _collect(trace: str) -> tuple[Header, object, dict, set]:
+    """First pass: header, end, every recorded output (packed) by request
     number, and the ids that requests stop on."""
-    prompts: dict[int, list[int]] = {}  # request number -> original prompt
-    outputs: dict[int, list[int]] = {}  # request number -> original output (captures)
+    outputs: dict[int, bytes] = {}  # request number -> original output ids (captures)
+    held = 0
     stops: set[int] = set()
+    requests = 0
     with TraceReader(trace) as reader:
         for record in reader.iterations():
             try:
                 for item in record.inputs:
                     if item.get("type") == "generate":
-                        ids = item.get("input_ids")
-                        prompts[len(prompts)] = unpack_ids(ids) if ids is not None else []
+                        requests += 1
                         stop = (item.get("sampling") or {}).get("stop_token_ids") or ()
                         stops.update(t for t in stop if isinstance(t, int))
                 for req, packed in record.outputs:
-                    if req not in prompts:
+                    if not 0 <= req < requests:
                         raise ValueError(f"output of request {req}, which has no input")
-                    outputs[req] = unpack_ids(packed)
+                    if not isinstance(packed, bytes) or len(packed) % 4:
+                        raise ValueError(f"output of request {req} is not packed token ids")
+                    held += len(packed)
+                    if held > 4 * MAX_TRIE_TOKENS:
+                        raise TraceError(f"{trace}: cannot redact: more than {MAX_TRIE_TOKENS} "
+                                         f"recorded output tokens")
+                    outputs[req] = packed
             except _BAD_RECORD as e:
                 raise TraceError(f"{trace}: iteration {record.i}: {type(e).__name__}: {e}") from None
-        return reader.header, reader.end, prompts, outputs, stops
+        return reader.header, reader.end, outputs, stops
 
 
 def _reserved(header: Header, stops: set[int]) -> set[int]:
@@ -135,20 +224,13 @@ def _redacted_header(header: Header) -> Header:
 def redact(trace: str, output: str) -> dict:
     """Write `trace` (a file, or a segment chain) redacted to `output`,
     atomically. Returns counts: requests, tokens, outputs."""
-    header, end, prompts, outputs, stops = _collect(trace)
+    header, end, outputs, stops = _collect(trace)
     if end is None:
         raise TraceError(f"{trace}: has no end record (seal it first: sgl-replay seal)")
     vocab = header.model.vocab_size or (header.model.config or {}).get("vocab_size") or EMBEDDED_VOCAB
     if type(vocab) is not int or vocab <= 3:
         raise TraceError(f"{trace}: the header's vocabulary size {vocab!r} is not a usable one")
-    trie = TokenTrie(vocab, _reserved(header, stops))
-    new_prompts: dict[int, list[int]] = {}
-    new_outputs: dict[int, list[int]] = {}
-    for req, prompt in prompts.items():  # arrival order: the numbering does not depend on dict order
-        full = trie.map(prompt + outputs.get(req, []))
-        new_prompts[req] = full[:len(prompt)]
-        if req in outputs:
-            new_outputs[req] = full[len(prompt):]
+    rewrite = _Rewrite(trace, TokenTrie(vocab, _reserved(header, stops)), outputs)
     directory = os.path.dirname(os.path.abspath(output))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".")
     os.close(fd)
@@ -156,8 +238,8 @@ def redact(trace: str, output: str) -> dict:
         writer = TraceWriter(tmp, _redacted_header(header))
         try:
             with TraceReader(trace) as reader:
-                for record in _rewritten(trace, reader.iterations(), new_prompts, new_outputs):
-                    writer.write(record)
+                for record in reader.iterations():
+                    writer.write(rewrite.record(record))
         finally:
             writer.close(end)
         os.replace(tmp, output)
@@ -165,30 +247,49 @@ def redact(trace: str, output: str) -> dict:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return {"requests": len(prompts), "tokens": sum(map(len, prompts.values())) + sum(map(len, outputs.values())),
-            "outputs": len(outputs)}
+    return {"requests": rewrite.requests, "tokens": rewrite.tokens, "outputs": len(outputs)}
 
 
-def _rewritten(trace: str, records: Iterator[Iteration], prompts: dict[int, list[int]],
-               outputs: dict[int, list[int]]) -> Iterator[Iteration]:
-    req = 0
-    for record in records:
+class _Rewrite:
+    """Second pass: each request's prompt, followed by its recorded output,
+    mapped through the trie in arrival order (so the numbering is the
+    trace's own); the new output kept, packed, until its records come."""
+
+    def __init__(self, trace: str, trie: TokenTrie, outputs: dict[int, bytes]) -> None:
+        self.trace, self.trie, self.outputs = trace, trie, outputs
+        self.new_outputs: dict[int, tuple[bytes, int]] = {}  # request -> (packed ids, hash)
+        self.requests = self.tokens = 0
+
+    def _prompt(self, packed: bytes) -> bytes:
+        req = self.requests
+        output = self.outputs.get(req)
+        full = self.trie.map(packed + output if output is not None else packed)
+        self.tokens += len(full)
+        prompt_len = len(packed) // 4
+        if output is not None:
+            ids = full[prompt_len:]
+            self.new_outputs[req] = (pack_ids(ids), hash_ids(ids))
+        return pack_ids(full[:prompt_len])
+
+    def record(self, record: Iteration) -> Iteration:
         changes: dict = {}
         try:
             if any(item.get("type") == "generate" for item in record.inputs):
                 inputs = []
                 for item in record.inputs:
                     if item.get("type") == "generate":
-                        if item.get("input_ids") is not None:
-                            item = {**item, "input_ids": pack_ids(prompts[req])}
-                        req += 1
+                        packed = item.get("input_ids")
+                        new = self._prompt(packed if packed is not None else b"")
+                        if packed is not None:
+                            item = {**item, "input_ids": new}
+                        self.requests += 1
                     inputs.append(item)
                 changes["inputs"] = inputs
             if record.outputs:
-                changes["outputs"] = [[n, pack_ids(outputs[n])] for n, _ in record.outputs]
-            if any(f[0] in outputs for f in record.finished):
-                changes["finished"] = [[n, reason, length, hash_ids(outputs[n]) if n in outputs else digest]
-                                       for n, reason, length, digest in record.finished]
+                changes["outputs"] = [[n, self.new_outputs[n][0]] for n, _ in record.outputs]
+            if any(f[0] in self.new_outputs for f in record.finished):
+                changes["finished"] = [[n, reason, length, self.new_outputs[n][1] if n in self.new_outputs
+                                        else digest] for n, reason, length, digest in record.finished]
         except _BAD_RECORD as e:
-            raise TraceError(f"{trace}: iteration {record.i}: {type(e).__name__}: {e}") from None
-        yield msgspec.structs.replace(record, **changes) if changes else record
+            raise TraceError(f"{self.trace}: iteration {record.i}: {type(e).__name__}: {e}") from None
+        return msgspec.structs.replace(record, **changes) if changes else record
