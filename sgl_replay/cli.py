@@ -229,8 +229,9 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
 
         try:
             redact(raw, output)
-        finally:
-            os.unlink(raw)
+        except (TraceError, OSError) as e:  # what was recorded is kept, and said where
+            raise Failure(f"{e}; the recording, not redacted, is {raw}", ExitCode.BAD_INPUT) from None
+        os.unlink(raw)
     size = os.path.getsize(output)
     click.echo(f"recorded {end.iterations} loop iterations, {end.forwards} forward batches, "
                f"{end.requests} requests -> {output} ({size / 1024:.1f} KiB)")

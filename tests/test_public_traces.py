@@ -23,7 +23,7 @@ from sgl_replay.runs.record import record_workload
 from sgl_replay.scheduler import public_traces as pt
 from sgl_replay.scheduler import workloads
 from sgl_replay.trace import TraceReader
-from sgl_replay.trace.format import pack_ids
+from sgl_replay.trace.format import pack_ids, unpack_ids
 from sgl_replay.views import write_timeline
 
 DATA = Path(__file__).parent / "data"
@@ -466,6 +466,43 @@ def read_all(path: str):
     with TraceReader(path) as reader:
         body = list(reader.iterations())
         return reader.header, body, reader.end
+
+
+def test_record_redact_writes_only_the_redacted_trace_and_keeps_the_recording_if_redaction_fails(
+        engines, tmp_path, monkeypatch):
+    """`record --redact` on the session's engine (the command's own start
+    swapped for the pool's engine of the same configuration)."""
+    import contextlib
+
+    from sgl_replay.runs import redact as redact_module
+    from sgl_replay.runs.engine import Engine
+
+    engine = engines.get(EngineConfig.embedded())
+
+    def start(cls, config, **kw):
+        assert config == engine.config
+        return contextlib.nullcontext(engine)
+
+    monkeypatch.setattr(Engine, "start", classmethod(start))
+    spec = f"mooncake:{SLICE}?token_scale={SCALE}&limit=6"
+    out = tmp_path / "red.sglt"
+    result = CliRunner().invoke(main, ["record", spec, "--redact", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["red.sglt"]
+    header, records, end = read_all(str(out))
+    imported = pt.load("mooncake", str(SLICE), {"token_scale": SCALE, "limit": 6})
+    prompts = [unpack_ids(x["input_ids"]) for rec in records for x in rec.inputs if x["type"] == "generate"]
+    originals = [imported.input_ids(r) for r in imported.requests]
+    assert header.redacted and end.complete and end.requests == 6
+    assert [len(p) for p in prompts] == [len(p) for p in originals]
+    assert all(p != q for p, q in zip(prompts, originals))
+    # a redaction that cannot be done: one line, exit 2, and the recording is kept
+    monkeypatch.setattr(redact_module, "MAX_TRIE_TOKENS", 100)
+    out = tmp_path / "again.sglt"
+    result = CliRunner().invoke(main, ["record", spec, "--redact", "-o", str(out)])
+    raw = f"{out}.unredacted"
+    assert result.exit_code == 2 and f"the recording, not redacted, is {raw}" in result.output
+    assert not out.exists() and read_all(raw)[2].requests == 6
 
 
 def test_a_redacted_recording_replays_with_the_originals_consequences(slice_recording, engines, tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import os
 import tempfile
+from typing import Optional
 
 import msgspec
 
@@ -56,11 +57,11 @@ class TokenTrie:
     non-reserved child, in order of first appearance, gets the k-th free id.
     Splitting an edge keeps every synthetic id already given out."""
 
-    def __init__(self, vocab_size: int, reserved: set[int], max_tokens: int = MAX_TRIE_TOKENS) -> None:
+    def __init__(self, vocab_size: int, reserved: set[int], max_tokens: Optional[int] = None) -> None:
         self.vocab_size = vocab_size
         self.reserved = reserved
         self._reserved_sorted = sorted(reserved)
-        self.max_bytes = 4 * max_tokens
+        self.max_bytes = 4 * (max_tokens or MAX_TRIE_TOKENS)
         self.first_free = self._kth_free(0)
         self.store = bytearray()
         # per node: its edge's byte span in store, the synthetic id of the
