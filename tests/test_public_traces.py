@@ -139,6 +139,7 @@ def test_window_and_scales(tmp_path):
     ("azure", "TIMESTAMP,Context\n", ":1: header lacks column(s) ContextTokens, GeneratedTokens"),
     ("burstgpt", "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
                  "1,ChatGPT,ten,3,13,API log\n", ":2: field Request tokens"),
+    ("mooncake", "[" * 200_000 + "\n", ":1: not a JSON object"),
     ("azure", 'TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,"' + "1" * 200_000 + '",2\n',
      ":2: not a CSV row: field larger than field limit"),
     ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n' + " " * (pt.MAX_LINE_BYTES + 1),
@@ -196,6 +197,16 @@ def test_a_row_too_long_names_the_row_and_the_largest_scale_that_fits():
     bigger = str(Fraction(scale) * Fraction(1001, 1000))
     with pytest.raises(ValueError):
         pt.check_fits(pt.load("mooncake", str(SLICE), {"token_scale": bigger}), 4096, 16384)
+
+
+def test_a_row_of_a_trillion_tokens_is_named_not_cut_into_blocks(tmp_path):
+    rows = [{"timestamp": 0, "input_length": 900, "output_length": 2, "hash_ids": [1, 2]},
+            {"timestamp": 5, "input_length": 10 ** 12, "output_length": 10 ** 12, "hash_ids": [1, 3]}]
+    path = write(tmp_path, "t.jsonl", mooncake(rows))
+    imported = pt.load("mooncake", path, {})
+    assert [len(r.nodes) for r in imported.requests] == [2, 3]  # two blocks, then the row's own rest
+    with pytest.raises(ValueError, match=r"t.jsonl:2: input 1000000000000 \+ output 1000000000000 tokens"):
+        pt.check_fits(imported, 4096, None)
 
 
 def test_specs(tmp_path):

@@ -101,9 +101,9 @@ class Imported:
     root_width: int = 1  # code width of the root's children
     source_rows: list = field(default_factory=list)  # the selected rows, unscaled
 
-    def boundaries(self, upto: int) -> list[int]:
+    def boundaries(self, upto: int, blocks: Optional[int] = None) -> list[int]:
         """Scaled block boundaries 0, b(1), ... up to `upto` tokens."""
-        return block_boundaries(self.block_size, self.token_scale, upto)
+        return block_boundaries(self.block_size, self.token_scale, upto, blocks)
 
     def input_ids(self, request: Request) -> list[int]:
         return prompt_ids(self, request)
@@ -220,7 +220,7 @@ def parse_mooncake(lines: Iterable[str], name: str) -> Iterator[Row]:
         where = f"{name}:{line_no}"
         try:
             obj = json.loads(line)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
             raise ValueError(f"{where}: not a JSON object: {e}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: not a JSON object")
@@ -365,10 +365,15 @@ def scale_tokens(n: int, scale: Fraction) -> int:
     return max(1, int(n * scale + Fraction(1, 2)))
 
 
-def block_boundaries(block_size: int, scale: Fraction, upto: int) -> list[int]:
+def block_boundaries(block_size: int, scale: Fraction, upto: int, blocks: Optional[int] = None) -> list[int]:
+    """0, b(1), ... up to `upto`; given `blocks`, at most that many blocks,
+    the last running to `upto` (a row of 10^12 tokens is not cut whole)."""
     out = [0]
     j = 1
     while out[-1] < upto:
+        if blocks is not None and j >= blocks:
+            out.append(upto)
+            break
         out.append(min(upto, int(j * block_size * scale + Fraction(1, 2))))
         j += 1
     return out
@@ -496,7 +501,7 @@ def load(fmt: str, path: str, options: Optional[dict] = None, *,
     for row in selected:
         input_len = scale_tokens(row.input_len, token_scale)
         output_len = scale_tokens(row.output_len, token_scale)
-        bounds = block_boundaries(block_size, token_scale, input_len)
+        bounds = block_boundaries(block_size, token_scale, input_len, len(row.hash_ids) + 1)
         nodes: list[int] = []
         node = -1
         for j in range(len(bounds) - 1):
@@ -529,7 +534,7 @@ def _code_width(imported: Imported, node: int) -> int:
 def _check_codes_fit(imported: Imported) -> None:
     """A block must hold the code that sets it apart from its siblings."""
     for request in imported.requests:
-        bounds = imported.boundaries(request.input_len)
+        bounds = imported.boundaries(request.input_len, len(request.nodes))
         for j, node in enumerate(request.nodes):
             last = j == len(request.nodes) - 1
             size = (request.input_len if last else bounds[j + 1]) - bounds[j]
@@ -567,7 +572,7 @@ _POPULATION = range(FIRST_TOKEN, VOCAB_SIZE)
 
 
 def prompt_ids(imported: Imported, request: Request) -> list[int]:
-    bounds = imported.boundaries(request.input_len)
+    bounds = imported.boundaries(request.input_len, len(request.nodes))
     ids: list[int] = []
     last = len(request.nodes) - 1
     for j, node in enumerate(request.nodes):
