@@ -153,6 +153,60 @@ def test_a_malformed_row_is_one_error_naming_line_and_field(tmp_path, fmt, text,
     assert "\n" not in str(e.value)
 
 
+_JUNK = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                     max_leaves=6)
+
+
+def _sometimes(valid, junk=_JUNK):
+    """Mostly valid (one draw in 20 is junk)."""
+    return st.integers(0, 19).flatmap(lambda k: junk if k == 0 else valid)
+
+
+_MOONCAKE_ROW = st.fixed_dictionaries({
+    "timestamp": _sometimes(st.integers(0, 10 ** 6) | st.floats(0, 1e6)),
+    "input_length": _sometimes(st.integers(0, 3000)), "output_length": _sometimes(st.integers(0, 50))},
+    optional={"hash_ids": _sometimes(st.lists(st.integers(-5, 5), max_size=8))})
+# well-formed cells listed twice: drawn more often than the malformed ones
+_CSV_CELL = {"time": st.sampled_from(["2023-11-16 18:17:03.97", "2023-11-16 18:17:04", "2023-11-16T18:17:05Z",
+                                      "2023-11-16 18:17:03.97", "2023-11-16 18:17:04", "5", "x", ""]),
+             "number": st.sampled_from(["1", "17", "2000", "1", "17", "2000", "0", "-2", "1.5", "ten", ""])}
+
+
+def _csv(header: str, kinds: tuple[str, ...]):
+    row = st.tuples(*(_CSV_CELL[k] for k in kinds)).map(",".join)
+    return st.lists(_sometimes(row, st.text(max_size=8)), min_size=1, max_size=5).map(
+        lambda rows: (header + "\n" + "".join(r + "\n" for r in rows)).encode())
+
+
+_FILES = {
+    "mooncake": st.lists(_MOONCAKE_ROW, min_size=1, max_size=5).map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()),
+    "azure": _csv("TIMESTAMP,ContextTokens,GeneratedTokens", ("time", "number", "number")),
+    "burstgpt": _csv("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
+                     ("number", "time", "number", "number", "number", "time")),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data(), st.sampled_from(pt.FORMATS), st.fixed_dictionaries({}, optional={
+    "limit": st.integers(1, 3), "token_scale": st.sampled_from(["0.01", "1", "3"]),
+    "start_ms": st.sampled_from([0, 1, 10 ** 9]), "block_size": st.sampled_from([1, 16, 512])}))
+def test_any_file_imports_or_is_one_value_error(tmp_path_factory, data, fmt, options):
+    """Whatever the file holds (rows of the format, mostly well formed, or
+    any bytes): an import whose prompts have their lengths, or one
+    ValueError line naming the file, never another exception."""
+    raw = data.draw(st.binary(max_size=200) if data.draw(st.integers(0, 7)) == 0 else _FILES[fmt])
+    path = tmp_path_factory.mktemp("any") / "f"
+    path.write_bytes(raw)
+    try:
+        imported = pt.load(fmt, str(path), options)
+    except ValueError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+        return
+    for request in imported.requests:
+        assert len(imported.input_ids(request)) == request.input_len >= 1
+
+
 def test_bytes_that_are_not_utf8_are_one_error_naming_the_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,10,2\n\xff\xfe,1,1\n")
