@@ -242,7 +242,7 @@ def _csv_rows(lines: Iterable[str], name: str, columns: tuple[str, ...]) -> Iter
     while True:
         try:
             fields = next(reader, None)
-        except csv.Error as e:  # a NUL byte, a field over csv's size limit
+        except csv.Error as e:  # a field over csv's size limit
             raise ValueError(f"{name}:{reader.line_num}: not a CSV row: {e}") from None
         if fields is None:
             break
