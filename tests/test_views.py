@@ -270,8 +270,10 @@ def test_wall_times_are_used_when_records_carry_them():
     assert [(r.i, ts, dur, wall) for r, ts, dur, wall in _timed(iter(records), lambda: end)] == [
         (0, 1000, 2000, True), (1, 3000, 2000, True), (3, 7000, 2000, True),
         (4, 9000, 1000, True), (6, 11000, 1000, True)]
-    # no end record (a torn trace): the last pace goes on
+    # no end record (a torn trace), or one whose time is not a number: the last pace goes on
     assert [ts for _, ts, _, _ in _timed(iter(records))][-2:] == [9000, 13000]
+    hostile = SimpleNamespace(iterations=8, seconds=float("inf"))
+    assert [ts for _, ts, _, _ in _timed(iter(records), lambda: hostile)][-2:] == [9000, 13000]
     plain = [rec(0, inputs=pulled), rec(3, 5.0, pulled)]  # the first arrival has no time: no wall clock
     assert [(ts, dur, wall) for _, ts, dur, wall in _timed(iter(plain))] == [
         (0, ITERATION_US, False), (3 * ITERATION_US, ITERATION_US, False)]

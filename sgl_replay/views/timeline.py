@@ -152,15 +152,19 @@ def _on_the_wall_clock(records: Iterator[Iteration], end: Callable[[], Optional[
         yield from spread(record.i, wall)
         anchor_i, anchor_us, held = record.i, wall, [record]
     last = end()
-    if last is not None and last.seconds is not None and last.iterations > anchor_i:
+    if last is not None and _finite(last.seconds) and last.iterations > anchor_i:
         yield from spread(last.iterations, max(anchor_us, last.seconds * 1e6))
     else:
         yield from spread(anchor_i, anchor_us)  # at the last pace
 
 
+def _finite(x: Optional[float]) -> bool:
+    """A recorded time is one (a hostile trace's nan or inf counts as none)."""
+    return x is not None and math.isfinite(x)
+
+
 def _wall(record: Iteration) -> Optional[float]:
-    ms = record.ms  # a hostile trace's nan or inf counts as no time
-    return ms * 1000 if ms is not None and math.isfinite(ms) else None
+    return record.ms * 1000 if _finite(record.ms) else None
 
 
 class _Timeline:
