@@ -1,5 +1,6 @@
 """Importing public serving traces: time per 1,000 imported requests (parse,
-select and scale, and build the exact prompts the engine gets), also from a
+select and scale, and build the exact prompts the engine gets; the parse's
+peak memory), also from a
 file --repeat times the Mooncake sample (its rows again and again, later in
 time: a long production trace), and, given recorded traces, trace size per
 request. No engine.
@@ -17,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 
 from sgl_replay.scheduler import public_traces as pt
 from sgl_replay.trace import TraceReader
@@ -31,13 +33,17 @@ def import_time(fmt: str, path: str, options: dict, n: int) -> dict:
     parsed = time.perf_counter()
     tokens = sum(len(imported.input_ids(r)) for r in imported.requests)
     built = time.perf_counter()
+    tracemalloc.start()  # a second import, for its peak memory (Python allocations)
+    pt.load(fmt, path, {**options, "limit": n})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     k = len(imported.requests) / 1000
     return {"format": fmt, "file": os.path.basename(path), "file_mb": round(os.path.getsize(path) / 1e6, 1),
             "token_scale": options.get("token_scale", 1), "requests": len(imported.requests),
             "prompt_tokens": tokens,
             "parse_s_per_1k": round((parsed - started) / k, 3),
             "prompts_s_per_1k": round((built - parsed) / k, 3),
-            "total_s_per_1k": round((built - started) / k, 3)}
+            "total_s_per_1k": round((built - started) / k, 3), "parse_peak_mb": round(peak / 1e6, 1)}
 
 
 def repeated(source: str, times: int, directory: str) -> str:
