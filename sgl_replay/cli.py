@@ -46,12 +46,13 @@ def _errors_to_exit_codes(fn):
     def wrapper(*args, **kwargs):
         from sgl_replay.runs.capture import CaptureFailed
         from sgl_replay.runs.engine import BadEngineArgs, EngineError
+        from sgl_replay.timing.model import CostModelError
 
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except TraceError as e:
+        except (TraceError, CostModelError) as e:
             raise Failure(str(e), ExitCode.BAD_INPUT) from None
         except BadEngineArgs as e:
             raise Failure(str(e), ExitCode.BAD_INPUT) from None
@@ -130,6 +131,33 @@ def _skip_model_option(fn):
                              "no longer does.")(fn)
 
 
+def _clock_options(fn):
+    fn = click.option("--cost", "cost_path", default=None, type=click.Path(dir_okay=False, exists=True),
+                      help="--clock modeled: the cost model (`sgl-replay cost`); default: one fitted "
+                           "on TRACE itself.")(fn)
+    return click.option("--clock", type=click.Choice(["iterations", "modeled"]), default="iterations",
+                        show_default=True,
+                        help="iterations: each input is fed at the loop iteration that pulled it; modeled: "
+                             "at its recorded time, on a virtual clock advanced by a cost model's length "
+                             "of every iteration the scheduler runs (the trace must have kept time).")(fn)
+
+
+def _cost_model(trace: str, clock: str, cost_path: Optional[str]):
+    """The cost model of a timed replay (None on the iterations clock), its
+    notes printed to stderr."""
+    if clock != "modeled":
+        if cost_path is not None:
+            raise click.UsageError("--cost goes with --clock modeled")
+        return None
+    from sgl_replay.runs.check import read_header
+    from sgl_replay.timing.fit import cost_for
+
+    model, notes = cost_for(trace, read_header(trace), cost_path)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return model
+
+
 def _timeout_option(fn):
     from sgl_replay.runs.check import REPLAY_TIMEOUT_S
 
@@ -163,10 +191,14 @@ def _public_trace_options(fn):
             ("--block-size", click.IntRange(min=1), "trace: tokens per hash id (Mooncake: 512)."),
             ("--iteration-ms", click.FloatRange(min=0, min_open=True),
              "trace: one loop iteration of the virtual clock, in ms (default 10)."),
-            ("--clock", click.Choice(["virtual", "wall"]),
+            ("--clock", click.Choice(["virtual", "wall", "modeled"]),
              "trace: arrival clock. virtual (default): arrival times map to loop iterations, a "
              "pure function of the file and the options; wall: each request is sent over HTTP "
-             "at its arrival time, like live traffic."))):
+             "at its arrival time, like live traffic; modeled: each request arrives at its time on "
+             "a virtual clock advanced by --cost's length of every iteration (a latency prediction "
+             "for the server the cost model was fitted on)."),
+            ("--cost", click.Path(dir_okay=False, exists=True),
+             "trace with --clock modeled: the cost model (`sgl-replay cost`)."))):
         fn = click.option(name, type=kind, default=None, help=text)(fn)
     return fn
 
@@ -202,6 +234,9 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     from sgl_replay.scheduler import workloads as specs
 
     trace_options = {k: v for k, v in trace_options.items() if v is not None}
+    cost_path = trace_options.pop("cost", None)
+    if (trace_options.get("clock") == "modeled") != (cost_path is not None):
+        raise click.UsageError("--clock modeled and --cost go together")
     try:
         spec = specs.parse(workload, duration_s=duration, idle_s=idle_timeout,
                            options=trace_options or None)
@@ -214,6 +249,11 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
                                    model_path=model_path)
     if spec.kind == "public":
         _check_trace_fits(spec, config)
+    cost = None
+    if cost_path is not None:
+        from sgl_replay.timing.model import load
+
+        cost = load(cost_path)
     started = time.monotonic()
     with Engine.start(config) as engine:
         click.echo(f"engine ready in {time.monotonic() - started:.1f}s", err=True)
@@ -223,7 +263,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
             click.echo(f"serving {engine.base_url}/generate until {limit}; Ctrl-C stops "
                        f"and keeps the trace", err=True)
         raw = output + ".unredacted" if redacted else output
-        end = record_workload(engine, spec, raw, argv=sys.argv[1:])
+        end = record_workload(engine, spec, raw, argv=sys.argv[1:], cost=cost)
     if redacted:
         from sgl_replay.runs.redact import redact
 
@@ -391,12 +431,14 @@ def stats(trace: str, as_json: bool) -> None:
               help="Where to write the observed trace.")
 @_engine_options
 @_skip_model_option
+@_clock_options
 @_timeout_option
 @_errors_to_exit_codes
 def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[str, ...],
-           skip_model: bool, timeout: float) -> None:
-    """Re-drive the real engine with TRACE's inputs at the same iterations and
-    record what happens now."""
+           skip_model: bool, timeout: float, clock: str = "iterations", cost_path: Optional[str] = None) -> None:
+    """Re-drive the real engine with TRACE's inputs and record what happens
+    now: each input at the iteration that pulled it, or (--clock modeled) at
+    its recorded time on a modelled clock, whose times `latency` reads."""
     from sgl_replay.runs.capture import check_writable
     from sgl_replay.runs.check import read_header
     from sgl_replay.runs.engine import Engine
@@ -404,13 +446,15 @@ def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[st
 
     check_writable(output)
     overrides = parse_engine_args(engine_args)
+    cost = _cost_model(trace, clock, cost_path)
     config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
         source_overrides = {"device": device, "engine_args": overrides}
         if skip_model:
             source_overrides["skip_model"] = True
-        end = replay_trace(engine, trace, output, overrides=source_overrides, timeout_s=timeout)
-    click.echo(f"replayed {end.iterations} loop iterations, {end.forwards} forward batches -> {output}")
+        end = replay_trace(engine, trace, output, overrides=source_overrides, timeout_s=timeout, cost=cost)
+    modelled = f" in {end.seconds:.3f} modelled seconds" if cost is not None and end.seconds is not None else ""
+    click.echo(f"replayed {end.iterations} loop iterations, {end.forwards} forward batches{modelled} -> {output}")
 
 
 # ------------------------------------------------------------------ diff
@@ -533,13 +577,15 @@ def timeline(trace: str, output: Optional[str]) -> None:
 @_engine_options
 @_suspect_options
 @_skip_model_option
+@_clock_options
 @_timeout_option
 @_diff_options
 @_errors_to_exit_codes
 def check(trace: str, output: Optional[str], report_path: Optional[str], repeat: int,
           device: Optional[str], engine_args: tuple[str, ...], timeout: float, as_json: bool,
           level: str, ignore: tuple[str, ...], force: bool, engine_env: tuple[str, ...] = (),
-          engine_path: tuple[str, ...] = (), skip_model: bool = False) -> None:
+          engine_path: tuple[str, ...] = (), skip_model: bool = False, clock: str = "iterations",
+          cost_path: Optional[str] = None) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
     Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
@@ -549,10 +595,11 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
     from sgl_replay.runs.check import check as run_check
 
     options = _options(level, ignore, force)
+    cost = _cost_model(trace, clock, cost_path)
     verdict = run_check(trace, device=device, engine_args=parse_engine_args(engine_args),
                         options=options, repeat=repeat, observed=output, report=report_path,
                         timeout_s=timeout, engine_env=parse_engine_env(engine_env),
-                        engine_path=engine_path, skip_model=skip_model)
+                        engine_path=engine_path, skip_model=skip_model, cost=cost)
     label_b = "replay" if output is None else output
     if as_json:
         click.echo(json.dumps(verdict.to_plain(trace, label_b)))
@@ -562,6 +609,70 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
         for line in verdict.lines(trace, label_b):
             click.echo(line)
     sys.exit(verdict.exit_code)
+
+
+# ------------------------------------------------------------------ time
+@main.command()
+@click.argument("trace", type=TRACE_PATH)
+@click.argument("other", type=TRACE_PATH, required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@_errors_to_exit_codes
+def latency(trace: str, other: Optional[str], as_json: bool) -> None:
+    """Per-request TTFT, inter-token latency, end-to-end latency and queueing
+    of a trace that kept time (a capture, serve, --clock wall, a timed
+    replay), p50/p90/p99, and output-token throughput. With OTHER (the same
+    requests: a replay of TRACE, say), both side by side and OTHER's error
+    against TRACE."""
+    from sgl_replay.timing import latency as lat
+
+    a = lat.of_trace(trace).summary()
+    if other is None:
+        if as_json:
+            click.echo(json.dumps(a))
+        else:
+            for line in lat.text(a, trace):
+                click.echo(line)
+        return
+    b = lat.of_trace(other).summary()
+    error = lat.compare(a, b)
+    if as_json:
+        click.echo(json.dumps({"a": a, "b": b, "error": error}))
+        return
+    for line in lat.text(a, f"A {trace}") + lat.text(b, f"B {other}"):
+        click.echo(line)
+    click.echo(f"B against A over {error['requests_compared']} requests: " + lat.change_line(error, a, b))
+    click.echo(f"  per request: TTFT median error {_pct(error['ttft_median_abs_pct'])}, p90 "
+               f"{_pct(error['ttft_per_request_p90_abs_pct'])}; E2E median error {_pct(error['e2e_median_abs_pct'])}")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.1f}%"
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True, type=TRACE_PATH)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The cost model file to write (JSON).")
+@_errors_to_exit_codes
+def cost(traces: tuple[str, ...], output: str) -> None:
+    """Fit how long a loop iteration takes on the recorded server from what
+    the scheduler put in it (timed recordings: captures, serve, --clock
+    wall), print the fit's error on held-out iterations, and write the model."""
+    from sgl_replay.timing.fit import fit
+
+    model = fit(list(traces))
+    tmp = output + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(model.to_json())
+    os.replace(tmp, output)
+    src = model.source
+    click.echo(f"fitted on {src.iterations} iterations of {', '.join(src.traces)} "
+               f"({src.device or '?'} {src.device_name or ''}, {src.model or '?'}, {src.dtype or '?'}, "
+               f"sglang {src.sglang or '?'})")
+    click.echo(f"held-out iterations: {model.fit.heldout_iterations}, median error {_pct(model.fit.median_abs_pct)}, "
+               f"p90 {_pct(model.fit.p90_abs_pct)}, total time {model.fit.total_pct:+.1f}%"
+               if model.fit.total_pct is not None else "held-out iterations: none")
+    click.echo(f"-> {output}")
 
 
 # ------------------------------------------------------------------ minimize

@@ -40,3 +40,6 @@ class Job(msgspec.Struct, frozen=True):
     workload: Optional[Workload] = None  # a recording: what to run
     trace: Optional[str] = None  # a replay: the trace whose inputs to feed back
     argv: Optional[list[str]] = None  # the command line that asked for it
+    # A run on the modelled clock (a timed replay, or a public trace recorded
+    # with --clock modeled): the cost model, as plain values.
+    cost: Optional[dict] = None

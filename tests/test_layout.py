@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "sgl_replay"
 # What code inside the scheduler may import of sgl-replay.
-SCHEDULER_MAY_IMPORT = ("sgl_replay.scheduler", "sgl_replay.trace", "sgl_replay.job")
+SCHEDULER_MAY_IMPORT = ("sgl_replay.scheduler", "sgl_replay.trace", "sgl_replay.job", "sgl_replay.timing")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -42,7 +42,8 @@ def test_scheduler_side_imports_only_trace_and_job():
 
 
 def test_shared_modules_import_no_side():
-    for path in [PACKAGE / "job.py", *sorted((PACKAGE / "trace").rglob("*.py"))]:
+    for path in [PACKAGE / "job.py", *sorted((PACKAGE / "trace").rglob("*.py")),
+                 *sorted((PACKAGE / "timing").rglob("*.py"))]:
         for line, module in imported_modules(path):
             assert not module.startswith(("sgl_replay.scheduler", "sgl_replay.runs")), \
                 f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}"

@@ -51,7 +51,8 @@ def partial_path(out: str) -> str:
 
 def run_capture(engine: Engine, script: str, out: str, *, source: Source,
                 workload: Optional[Workload] = None, trace: Optional[str] = None,
-                argv: Optional[list[str]] = None, timeout_s: Optional[float] = None) -> End:
+                argv: Optional[list[str]] = None, timeout_s: Optional[float] = None,
+                cost: Optional[dict] = None) -> End:
     """Run a capturing script (sgl_replay.job's RECORD_SCRIPT or
     REPLAY_SCRIPT) that writes `out`; return the trace's end record. A script
     still running after `timeout_s` is stopped with its engine (the engine
@@ -61,7 +62,7 @@ def run_capture(engine: Engine, script: str, out: str, *, source: Source,
         os.unlink(partial)
     job = Job(path=partial, source=source, engine_args=engine.config.engine_args,
               env=engine.config.env, model_config=engine.config.model_config,
-              workload=workload, trace=trace, argv=argv)
+              workload=workload, trace=trace, argv=argv, cost=cost)
     try:
         engine.run_script(script, job, timeout_s=timeout_s)
     except ScriptTimedOut:

@@ -22,6 +22,8 @@ from sgl_replay.diff.report import text_lines, to_plain
 from sgl_replay.runs.capture import CaptureFailed
 from sgl_replay.runs.engine import BadEngineArgs, EngineConfig, EngineError, EnginePool
 from sgl_replay.runs.replay import engine_config_for, replay_trace
+from sgl_replay.timing import latency
+from sgl_replay.timing.model import CostModel
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.views import write_report
@@ -77,6 +79,8 @@ class Verdict:
     message: str = ""  # why, when there is no diff to show
     replays: int = 0
     diverged_replays: int = 0
+    # a timed check: {"recorded", "replay", "error"} latency summaries (timing/latency.py)
+    latency: Optional[dict] = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -90,6 +94,9 @@ class Verdict:
         if self.replays > 1:
             out.append(f"diverged in {self.diverged_replays} of {self.replays} replays"
                        + (" (inconclusive)" if self.outcome is Outcome.INCONCLUSIVE else ""))
+        if self.latency is not None:
+            out.append("latency on the modelled clock, replay against recording: " + latency.change_line(
+                self.latency["error"], self.latency["recorded"], self.latency["replay"]))
         return out
 
     def to_plain(self, label_a: str = "A", label_b: str = "B") -> dict[str, Any]:
@@ -97,6 +104,9 @@ class Verdict:
         return {"verdict": self.outcome.value, "exit_code": int(self.exit_code),
                 "message": self.message, "observed": self.observed, "replays": self.replays,
                 "diverged_replays": self.diverged_replays,
+                "latency": None if self.latency is None else {
+                    k: ({x: y for x, y in v.items() if x != "per_request"} if k != "error" else v)
+                    for k, v in self.latency.items()},
                 "report": self.lines(label_a, label_b),
                 "diff": to_plain(self.result, label_a, label_b) if self.result is not None else None}
 
@@ -125,7 +135,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
           engine_args: Optional[dict] = None, options: Options = Options(), repeat: int = 1,
           observed: Optional[str] = None, report: Optional[str] = None,
           timeout_s: float = REPLAY_TIMEOUT_S, engine_env: Optional[dict] = None,
-          engine_path: Sequence[str] = (), skip_model: bool = False) -> Verdict:
+          engine_path: Sequence[str] = (), skip_model: bool = False,
+          cost: Optional[CostModel] = None) -> Verdict:
     """Replay `trace` `repeat` times on one engine and diff each replay
     against it. The engine comes from `pool` (shared engines) or is started
     for this check and stopped after. The last replay is kept at `observed`
@@ -133,7 +144,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
     where to write the HTML report of the diff shown (a diverged replay's,
     if any). `skip_model`: the model's forward returns placeholder logits
     during the replays (scheduler/skip_model.py says why that changes no
-    scheduling decision)."""
+    scheduling decision). `cost`: replay on the modelled clock with this
+    cost model, and compare latency too."""
     try:
         header = read_header(trace)
         config = with_env_and_path(engine_config_for(header, device=device, engine_args=engine_args),
@@ -162,7 +174,7 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
                      for run in range(repeat)]
             for run, path in enumerate(paths):
                 try:
-                    replay_trace(engine, trace, path, overrides=overrides, timeout_s=timeout_s)
+                    replay_trace(engine, trace, path, overrides=overrides, timeout_s=timeout_s, cost=cost)
                 except CaptureFailed as e:
                     kept = e.trace is not None and e.trace == path == observed
                     return Verdict(Outcome.FAILED, observed=path if kept else None, replays=run + 1,
@@ -172,6 +184,10 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
                     results.append(diff(a, b, options))
             diverged = [k for k, r in enumerate(results) if r.verdict == "diverged"]
             shown = diverged[0] if diverged else 0
+            timed = None
+            if cost is not None:
+                recorded, replayed = (latency.of_trace(p).summary() for p in (trace, paths[shown]))
+                timed = {"recorded": recorded, "replay": replayed, "error": latency.compare(recorded, replayed)}
             if report:
                 write_report(trace, paths[shown], results[shown], report, label_a="recorded", label_b="replay")
     finally:
@@ -180,4 +196,5 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
     outcome = outcome_of(results[shown])
     if 0 < len(diverged) < repeat:
         outcome = Outcome.INCONCLUSIVE
-    return Verdict(outcome, results[shown], observed, replays=repeat, diverged_replays=len(diverged))
+    return Verdict(outcome, results[shown], observed, replays=repeat, diverged_replays=len(diverged),
+                   latency=timed)

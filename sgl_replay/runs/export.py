@@ -87,11 +87,13 @@ def trace_requests(path: str, block_size: Optional[int] = None) -> tuple[list[Ex
         if workload is not None and workload.kind == "public" and workload.options:
             iteration_ms = workload.options.get("iteration_ms")
         for record in reader.iterations():
-            for item in record.inputs:
+            arrivals = record.arrivals if len(record.arrivals) == len(record.inputs) else None
+            for k, item in enumerate(record.inputs):
                 if item.get("type") == "generate":
                     ids = item.get("input_ids") or b""
                     rows.append(ExportedRow(item["rid"], record.i, len(ids) // 4,
-                                            blocks.chain(ids) if blocks else [], ms=record.ms))
+                                            blocks.chain(ids) if blocks else [],
+                                            ms=arrivals[k] if arrivals is not None else record.ms))
             for finished in record.finished:
                 req, output_len = finished[0], finished[2]
                 if 0 <= req < len(rows) and rows[req].output_len is None:

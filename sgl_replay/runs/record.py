@@ -9,7 +9,10 @@ from typing import Callable, Optional
 
 from sgl_replay.job import RECORD_SCRIPT
 from sgl_replay.runs.capture import CaptureFailed, partial_path, run_capture
+import msgspec
+
 from sgl_replay.runs.engine import Engine
+from sgl_replay.timing.model import CostModel
 from sgl_replay.trace.format import End, Source, Workload
 
 CLIENT_START_TIMEOUT_S = 60.0
@@ -17,13 +20,15 @@ CLIENT_START_TIMEOUT_S = 60.0
 
 def record_workload(engine: Engine, workload: Workload, out: str, *,
                     argv: Optional[list[str]] = None,
-                    client: Optional[Callable[[str], None]] = None) -> End:
+                    client: Optional[Callable[[str], None]] = None, cost: Optional[CostModel] = None) -> End:
     """Record `workload` on `engine` into `out`. For a serve workload,
     `client(base_url)` runs in a thread once the recording has started (the
-    trace file exists) and sends whatever HTTP traffic it likes."""
+    trace file exists) and sends whatever HTTP traffic it likes. `cost`: the
+    cost model of a public trace recorded on the modelled clock."""
     def capture() -> End:
         return run_capture(engine, RECORD_SCRIPT, out, source=Source(kind="record"),
-                           workload=workload, argv=argv)
+                           workload=workload, argv=argv,
+                           cost=None if cost is None else msgspec.to_builtins(cost))
 
     if client is None:
         return capture()

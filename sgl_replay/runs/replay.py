@@ -14,10 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import msgspec
+
 from sgl_replay.job import REDACTED, REPLAY_SCRIPT
 from sgl_replay.runs.capture import run_capture
 from sgl_replay.runs.engine import (DEVICE_ARGS, EMBEDDED_MODEL_CONFIG, Engine, EngineConfig, device_args,
                                     embedded_config_for)
+from sgl_replay.timing.model import CostModel
 from sgl_replay.trace.format import (SCHEDULING_ARG_LIMITS, SCHEDULING_ARGS, SCHEDULING_ENV, End, Header,
                                      Source)
 from sgl_replay.trace.reader import TraceError
@@ -115,9 +118,12 @@ def _model_config(header: Header) -> dict:
 
 
 def replay_trace(engine: Engine, trace: str, out: str, *, overrides: Optional[dict] = None,
-                 timeout_s: Optional[float] = None) -> End:
+                 timeout_s: Optional[float] = None, cost: Optional[CostModel] = None) -> End:
     """Replay `trace` on `engine`, writing what happens to `out`; returns the
-    observed trace's end record. Past `timeout_s` the replay stops, sealed."""
+    observed trace's end record. Past `timeout_s` the replay stops, sealed.
+    With `cost`, on the modelled clock: each input arrives at its recorded
+    time and the clock advances by `cost`'s length of each iteration."""
     trace = os.path.abspath(trace)
     source = Source(kind="replay", trace=trace, overrides=overrides or {})
-    return run_capture(engine, REPLAY_SCRIPT, out, source=source, trace=trace, timeout_s=timeout_s)
+    return run_capture(engine, REPLAY_SCRIPT, out, source=source, trace=trace, timeout_s=timeout_s,
+                       cost=None if cost is None else msgspec.to_builtins(cost))

@@ -245,6 +245,9 @@ def build_header(scheduler, job: Optional[Job]) -> Header:
     else:
         model = Model(config=job.model_config, path=server_args.model_path)
         unreplayable = []
+        # the HTTP port sgl-replay picked for its own engine: nothing of the
+        # run, and it would make two runs of the same trace differ
+        every_arg.pop("port", None)
     inherited = {k: redact(k, v) for k, v in os.environ.items()
                  if k.startswith("SGLANG_") and k not in job.env and k not in _NOT_KNOBS
                  and not k.startswith("SGLANG_TEST_SCRIPTED_RUNTIME")}

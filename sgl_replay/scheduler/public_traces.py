@@ -44,7 +44,7 @@ from typing import Generator, Iterable, Iterator, Optional
 FORMATS = ("mooncake", "azure", "burstgpt")
 DEFAULT_BLOCK_SIZE = 512  # Mooncake's block: one hash id covers 512 tokens
 DEFAULT_ITERATION_MS = 10.0  # one loop iteration of the virtual clock
-CLOCKS = ("virtual", "wall")
+CLOCKS = ("virtual", "wall", "modeled")
 # --clock wall: a request that has not reached the scheduler this long after
 # the last one was sent is reported missing
 WALL_RESPONSES_S = 600.0
@@ -621,6 +621,9 @@ def run(ctx, workload) -> Generator:
     if imported.options["clock"] == "wall":
         yield from _run_by_wall_clock(ctx, imported, payload)
         return
+    if imported.options["clock"] == "modeled":
+        yield from _run_by_modelled_clock(ctx, imported, payload)
+        return
     now = 0
     for request in imported.requests:
         while now < request.iteration:
@@ -631,6 +634,29 @@ def run(ctx, workload) -> Generator:
                                       predicate=lambda obj, rid=rid: getattr(obj, "rid", None) == rid,
                                       description=f"request with rid {rid!r}")
     yield from drain(ctx)
+
+
+def _run_by_modelled_clock(ctx, imported: Imported, payload) -> Generator:
+    """Each request at its arrival time on the recording's modelled clock
+    (scheduler/timed.py): a prediction of this traffic's latency on the
+    server the cost model was fitted on."""
+    from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_recv_msg
+
+    from sgl_replay.scheduler import timed
+    from sgl_replay.scheduler.recorder import active_probe
+
+    recording = active_probe(ctx.scheduler).recording
+    if recording is None or recording.clock is None:
+        raise RuntimeError("clock modeled: the recording has no cost model (record --cost FILE)")
+
+    def feed(request: Request, arrival_us: int) -> None:
+        recording.fed_at[request.rid] = arrival_us / 1000
+        _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
+                                      predicate=lambda obj, rid=request.rid: getattr(obj, "rid", None) == rid,
+                                      description=f"request with rid {request.rid!r}")
+
+    events = ((round(r.arrival_ms * 1000), r) for r in imported.requests)
+    yield from timed.run(ctx, recording.clock, events, feed)
 
 
 def _run_by_wall_clock(ctx, imported: Imported, payload) -> Generator:

@@ -31,7 +31,8 @@ from typing import Any, Generator, Optional
 import msgspec
 
 from sgl_replay.scheduler import inputs as input_codec
-from sgl_replay.trace.format import ITER, End, Header, hash_ids, pack_ids
+from sgl_replay.timing.model import ModelledClock
+from sgl_replay.trace.format import ITER, End, Header, Timing, hash_ids, pack_ids
 from sgl_replay.trace.writer import TraceWriter
 
 logger = logging.getLogger(__name__)
@@ -165,11 +166,12 @@ class Probe:
         for rid in rids:
             self.recent[rid] = now
 
-    def start(self, path: str, header: Header, *, wall_clock: bool = False) -> "Recording":
+    def start(self, path: str, header: Header, *, wall_clock: bool = False,
+              clock: Optional[ModelledClock] = None) -> "Recording":
         assert self.recording is None, "a recording is already active"
         self.failure = None
         self.own_seconds = 0.0
-        self.recording = Recording(self.scheduler, path, header, wall_clock=wall_clock)
+        self.recording = Recording(self.scheduler, path, header, wall_clock=wall_clock, clock=clock)
         return self.recording
 
     def stop(self, *, complete: bool, reason: Optional[str] = None) -> End:
@@ -247,15 +249,24 @@ class Recording:
     (tools/bench/recorder_micro.py measures it)."""
 
     def __init__(self, scheduler, path: str, header: Header, *, capture: bool = False,
-                 wall_clock: bool = False) -> None:
+                 wall_clock: bool = False, clock: Optional[ModelledClock] = None) -> None:
         self.scheduler = scheduler
         # A capture of a plain server (scheduler/capture.py) also writes the
         # output token ids of finished requests and numbers a run of idle
         # iterations as one (its loop spins when idle); nothing else differs.
         self.capture = capture
-        # Inputs arrive by the wall clock (a capture, serve mode): iterations
-        # that pulled inputs carry their time ("ms"), which export reads.
-        self.wall_clock = capture or wall_clock
+        # A timed recording writes when each iteration ended ("ms") and when
+        # each input arrived ("arrivals"): by the wall clock where inputs
+        # come by it (a capture, serve, --clock wall), else by the modelled
+        # clock `clock`, which a timed replay advances and reads.
+        self.clock = clock
+        self.timed = capture or wall_clock or clock is not None
+        self.timing = None if not self.timed else Timing(clock="wall") if clock is None else Timing(
+            clock="modeled", cost=msgspec.to_builtins(clock.model))
+        header = msgspec.structs.replace(header, timing=self.timing)
+        self._arrivals: list[float] = []
+        # a timed replay's inputs: rid -> the recorded time it was fed for
+        self.fed_at: dict[str, float] = {}
         self._outputs: list = []
         self._idle = False  # this iteration ran no batch and processed no result
         self._idle_run = False  # ... and so did the one before it
@@ -299,7 +310,8 @@ class Recording:
         self._idle = True
 
     def on_input(self, obj: Any) -> None:
-        for item in input_codec.from_pulled(obj):
+        items = input_codec.from_pulled(obj)
+        for item in items:
             if item["type"] == "generate":
                 req = self.requests
                 self.requests += 1
@@ -308,6 +320,14 @@ class Recording:
             elif item["type"] == "abort":
                 self._saw_abort = True
             self._inputs.append(item)
+        if self.timed:
+            if self.clock is None:
+                pulled = round((time.monotonic() - self.started) * 1000, 3)
+                self._arrivals.extend(pulled for _ in items)
+            else:
+                fed_at, pulled = self.fed_at, self.clock.ms
+                self._arrivals.extend(fed_at.pop(x.get("rid"), pulled) if x["type"] == "generate" else pulled
+                                      for x in items)
 
     def on_batch(self, batch) -> None:
         reqs = batch.reqs
@@ -365,14 +385,20 @@ class Recording:
             self._relive()
         if self._saw_abort or (self.pending and self._inputs):
             done += self._vanished()
+        if self.clock is not None:
+            self.clock.end_iteration(self._inputs, self._batches, done)
         if self._inputs or self._batches or done or retracted or state != self.last_state:
             self._idle_run = False
             record = {"t": ITER, "i": self.i}
+            if self.timed:
+                record["ms"] = (round((time.monotonic() - self.started) * 1000, 3) if self.clock is None
+                                else self.clock.ms)
             if self._inputs:
                 record["inputs"] = self._inputs
                 self._inputs = []
-                if self.wall_clock:
-                    record["ms"] = round((time.monotonic() - self.started) * 1000, 3)
+                if self.timed:
+                    record["arrivals"] = self._arrivals
+                    self._arrivals = []
             if self._batches:
                 record["batches"] = self._batches
                 self._batches = []
@@ -451,7 +477,8 @@ class Recording:
                   seconds=round(time.monotonic() - self.started, 6))
         segment = msgspec.structs.replace(header.segment, iterations=self.next_i, forwards=forwards,
                                           requests=requests)
-        writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment), background=self.capture)
+        writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment, timing=self.timing),
+                             background=self.capture)
         self.writer.close(end, wait=False)
         self.writer, self.path = writer, path
         return end
@@ -459,8 +486,12 @@ class Recording:
     def close(self, *, complete: bool, reason: Optional[str], recorder_seconds: Optional[float] = None,
               busy: Optional[tuple[float, float]] = None, wait: bool = True) -> End:
         forwards, requests = self._written
+        if self.clock is not None:  # the run's modelled length; nothing of this machine's
+            seconds, recorder_seconds = self.clock.ms / 1000, None
+        else:
+            seconds = round(time.monotonic() - self.started, 6)
         end = End(complete=complete, reason=reason, iterations=self.next_i, forwards=forwards,
-                  requests=requests, seconds=round(time.monotonic() - self.started, 6),
+                  requests=requests, seconds=seconds,
                   recorder_seconds=None if recorder_seconds is None else round(recorder_seconds, 6),
                   busy_seconds=None if busy is None else round(busy[0], 6),
                   busy_recorder_seconds=None if busy is None else round(busy[1], 6))

@@ -26,9 +26,10 @@ import msgspec
 
 from sgl_replay.job import Job
 from sgl_replay.scheduler import inputs as input_codec
-from sgl_replay.scheduler import oracle, skip_model, workloads
+from sgl_replay.scheduler import oracle, skip_model, timed, workloads
 from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.recorder import active_probe
+from sgl_replay.timing.model import ModelledClock, from_builtins
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
 from sgl_replay.trace.reader import TraceReader
 
@@ -99,7 +100,9 @@ def record(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     workload = workloads.generator(ctx, job.workload)
     yield from probe.settle()
-    probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=workloads.by_wall_clock(job.workload))
+    clock = ModelledClock(from_builtins(job.cost)) if job.cost is not None else None
+    probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=workloads.by_wall_clock(job.workload),
+                clock=clock)
     try:
         yield from workload
     except Exception as e:
@@ -118,15 +121,20 @@ def replay(ctx, job: Job) -> Generator:
     skip = bool((job.source.overrides or {}).get("skip_model"))
     with TraceReader(job.trace) as recorded, oracle.use(forced), skip_model.skipped(skip):
         job = msgspec.structs.replace(job, workload=recorded.header.workload)
-        probe.start(job.path, build_header(ctx.scheduler, job))
+        clock = ModelledClock(from_builtins(job.cost)) if job.cost is not None else None
+        probe.start(job.path, build_header(ctx.scheduler, job), clock=clock)
         try:
-            for record in recorded.iterations():
-                while probe.recording.next_i < record.i:
+            if clock is not None:
+                yield from timed.run(ctx, clock, _timed_inputs(recorded),
+                                     lambda item, us: _feed_timed(probe, poster, base_url, item, us))
+            else:
+                for record in recorded.iterations():
+                    while probe.recording.next_i < record.i:
+                        yield
+                    for item in record.inputs:
+                        _feed(probe, poster, base_url, item)
+                while probe.recording.next_i < recorded.end.iterations:
                     yield
-                for item in record.inputs:
-                    _feed(probe, poster, base_url, item)
-            while probe.recording.next_i < recorded.end.iterations:
-                yield
         except Exception as e:
             probe.stop(complete=False, reason=f"replay stopped: {type(e).__name__}: {e}")
             raise
@@ -152,6 +160,29 @@ def _read_rids_and_outputs(trace: str) -> tuple[set, dict]:
                     prompts[len(prompts)] = (x["rid"], len(ids) // 4 if ids is not None else 0)
             outputs.extend(getattr(record, "outputs", ()))
     return rids, oracle.table_of(outputs, prompts) if outputs else {}
+
+
+def _timed_inputs(recorded: TraceReader):
+    """(arrival in us, input) of a timed trace's inputs, in recorded order."""
+    for record in recorded.iterations():
+        arrivals = record.arrivals
+        for k, item in enumerate(record.inputs):
+            at = arrivals[k] if k < len(arrivals) else record.ms
+            yield round((at or 0.0) * 1000), item
+
+
+def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> None:
+    """One input of a timed replay. An abort of a request that already
+    finished in this replay (it ran faster than in the recording) has
+    nothing to abort: the tokenizer manager would drop it on the way."""
+    rec = probe.recording
+    if item["type"] == "abort" and not item.get("all"):
+        req = rec.req_of_rid.get(item.get("rid"))
+        if req is None or (req not in rec.live and req not in rec.pending):
+            return
+    if item["type"] == "generate":
+        rec.fed_at[item["rid"]] = arrival_us / 1000
+    _feed(probe, poster, base_url, item)
 
 
 def _feed(probe, poster, base_url: str, item: dict) -> None:

@@ -6,7 +6,9 @@ array of records (maps). The header is the first frame's only block.
 
     header   {"t": "header", "format": 3, versions, device, engine_args,
               server_args, env, model, pools, workload, source,
-              "redacted": true where `sgl-replay redact` wrote it}
+              "redacted": true where `sgl-replay redact` wrote it,
+              "timing": {"clock": "wall" | "modeled", "cost"} where the
+              recording kept time}
     iter     {"t": "iter", "i": loop iteration, and only what happened:
               "inputs":    objects the scheduler pulled, in pull order
               "batches":   forward batches launched, in launch order
@@ -17,15 +19,26 @@ array of records (maps). The header is the first frame's only block.
                            server only: the output token ids of each request
                            in "finished", packed like input_ids; a replay
                            forces them at their positions)
-              "ms":        ms since the recording started, on iterations
-                           that pulled inputs, in recordings whose inputs
-                           came by the wall clock (captures, serve,
-                           --clock wall)}
+              "ms":        when this iteration ended, in ms since the
+                           recording started, on every iteration written
+                           (timed recordings only: see "timing" below)
+              "arrivals":  [ms, ...] parallel to "inputs": when each input
+                           reached the scheduler (timed recordings only)}
     end      {"t": "end", "complete": bool, "reason": str | None,
               "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
               "recorder_seconds": of that, time in the recorder's own code,
               "busy_seconds", "busy_recorder_seconds": the same over the
               iterations that ran a forward batch (captures only)}
+
+A timed recording (header "timing") keeps time: one whose inputs came by
+the wall clock (a capture, serve, --clock wall: "clock": "wall"; arrivals are
+the times the scheduler pulled them, which is also when sglang stamps a
+request's wait_queue_entry_time) or a replay or recording on the modelled
+clock ("clock": "modeled", with the cost model in "cost": arrivals are the
+recorded times each input was fed for, and "ms" the virtual clock). Per
+request TTFT, inter-token latency and end-to-end latency follow from the
+trace alone (sgl_replay/timing/latency.py). Other recordings keep no time:
+they are pure functions of their inputs.
 
 An iteration in which nothing was pulled, nothing ran and no size changed is
 not written: gaps in "i" are idle loop iterations. A capture of a plain
@@ -116,12 +129,14 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     # token ids of each request that finished in this iteration, so that a
     # replay can force them. Absent in every other trace.
     outputs: Sequence[list] = ()  # [req, output ids as int32 little-endian bytes]
-    # Recordings whose inputs arrive by the wall clock (a plain server's
-    # capture, serve mode, a public trace with --clock wall): when this
-    # iteration ended, in ms since the recording started, on iterations that
-    # pulled inputs. Absent elsewhere: a scripted recording is a pure function
-    # of its inputs, and recording it twice gives identical bodies.
+    # Timed recordings only (Header.timing): when this iteration ended, in ms
+    # since the recording started, and when each input reached the scheduler
+    # (parallel to inputs). Absent elsewhere: a scripted recording is a pure
+    # function of its inputs, and recording it twice gives identical bodies.
+    # Traces written before "timing" existed carry "ms" only on iterations
+    # that pulled inputs.
     ms: Optional[float] = None
+    arrivals: Sequence[float] = ()
 
 
 class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):
@@ -234,6 +249,17 @@ def segment_name(run: str, index: int) -> str:
     return f"{run}.{index:04d}{SEGMENT_SUFFIX}"
 
 
+CLOCKS = ("wall", "modeled")
+
+
+class Timing(msgspec.Struct, omit_defaults=True):
+    """How a timed recording kept time: "wall" (a real server's clock) or
+    "modeled" (a virtual clock advanced by `cost`, a cost model as plain
+    values: sgl_replay/timing/model.py reads and checks it)."""
+    clock: str
+    cost: Optional[dict] = None
+
+
 class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     format: Optional[int] = None
     versions: Versions = msgspec.field(default_factory=Versions)
@@ -255,6 +281,8 @@ class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     segment: Optional[Segment] = None
     # `sgl-replay redact` wrote it: every token id replaced (runs/redact.py)
     redacted: Optional[bool] = None
+    # A timed recording: every written iteration carries "ms" (see above)
+    timing: Optional[Timing] = None
 
     def to_dict(self) -> dict:
         """Plain values, as stored (for JSON output and for writing)."""

@@ -1,0 +1,264 @@
+"""Timed recordings, latency, cost models and the modelled clock, on the
+real engine (the default embedded engine the rest of the suite shares; a
+replay runs on the engine configuration `check` of the same trace uses).
+
+The traffic is the Mooncake slice at 1/32 of its lengths: 24 requests over
+4.4 s of arrivals, with shared prefixes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from sgl_replay.diff import Options, diff
+from sgl_replay.runs.check import check
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.record import record_workload
+from sgl_replay.runs.replay import engine_config_for, replay_trace
+from sgl_replay.scheduler import public_traces as pt
+from sgl_replay.scheduler import workloads
+from sgl_replay.timing import latency
+from sgl_replay.timing.fit import cost_for, mismatch
+from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, CostModelError, Source, Tracker, load
+from sgl_replay.trace import TraceReader
+from sgl_replay.trace.format import Header, Iteration, Batch, Resolved, Timing
+
+TESTS = Path(__file__).parent
+SLICE = TESTS / "data" / "mooncake_slice.jsonl"
+SCALE = "0.03125"
+GOLDEN_WITHOUT_TIMES = TESTS.parent / "traces" / "chunked_prefill.sglt"
+
+
+def a_cost_model(**coef: float) -> CostModel:
+    """A cost model with chosen coefficients (ms): what a fit would write."""
+    values = [coef.get(name, 0.0) for name in FEATURES]
+    return CostModel(kind=KIND, format=FORMAT, features=list(FEATURES), coef_ms=values, floor_ms=0.5,
+                     source=Source(device="cpu", model="hand-made"))
+
+
+COST = a_cost_model(const=4.0, batch_new_ktok=20.0, batch_attn_mtok=50.0, batch_reqs=0.3, batch_prefill=3.0)
+
+
+def body(path: str) -> tuple[Header, list[Iteration]]:
+    with TraceReader(path) as reader:
+        return reader.header, list(reader.iterations())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sgl_replay.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def wall_recording(engines, tmp_path_factory):
+    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
+                                                         "clock": "wall"})
+    out = str(tmp_path_factory.mktemp("timed") / "wall.sglt")
+    record_workload(engines.get(EngineConfig.embedded()), spec, out)
+    return spec, out
+
+
+@pytest.fixture(scope="module")
+def modelled_replays(engines, wall_recording, tmp_path_factory):
+    """The wall recording replayed twice on the modelled clock with COST."""
+    _, out = wall_recording
+    root = tmp_path_factory.mktemp("modelled")
+    with TraceReader(out) as reader:
+        engine = engines.get(engine_config_for(reader.header))
+    paths = [str(root / f"modelled-{k}.sglt") for k in range(2)]
+    for path in paths:
+        replay_trace(engine, out, path, cost=COST)
+    return paths
+
+
+def test_a_wall_clock_recording_keeps_every_busy_iteration_time(wall_recording):
+    spec, out = wall_recording
+    header, records = body(out)
+    assert header.timing is not None and header.timing.clock == "wall"
+    busy = [r for r in records if r.batches]
+    assert busy and all(r.ms is not None for r in records)
+    times = [r.ms for r in records]
+    assert times == sorted(times)
+    imported = pt.load("mooncake", spec.path, spec.options)
+    arrived = {}
+    for r in records:
+        assert len(r.arrivals) == len(r.inputs)
+        for x, at in zip(r.inputs, r.arrivals):
+            assert at <= r.ms  # pulled during the iteration it ended
+            if x["type"] == "generate":
+                arrived[x["rid"]] = at
+    # sent at its (scaled) time, pulled no earlier
+    assert all(arrived[q.rid] >= float(q.arrival_ms) for q in imported.requests)
+    summary = latency.of_trace(out).summary()
+    assert summary["finished"] == len(imported.requests) == summary["requests"]
+    for q in imported.requests:
+        figures = summary["per_request"][q.rid]
+        assert 0 < figures["ttft_ms"] <= figures["e2e_ms"]
+        assert figures["output_len"] == q.output_len
+    assert summary["throughput_tok_s"] > 0
+
+
+def test_a_modelled_replay_is_a_pure_function_of_trace_and_cost(wall_recording, modelled_replays):
+    """Two replays on the modelled clock: the same bytes; each input arrives
+    at its recorded time; the clock advances by the cost model's length of
+    every iteration the scheduler ran."""
+    _, out = wall_recording
+    first, second = modelled_replays
+    assert Path(first).read_bytes() == Path(second).read_bytes()
+    _, recorded = body(out)
+    header, replayed = body(first)
+    assert header.timing.clock == "modeled" and header.timing.cost == msgspec.to_builtins(COST)
+    arrivals = {x["rid"]: at for r in recorded for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"}
+    fed = {x["rid"]: at for r in replayed for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"}
+    assert fed == pytest.approx(arrivals, abs=1e-3)
+    # every iteration's length is the model's: recompute from the trace
+    tracker, prev = Tracker(), None
+    checked = 0
+    for r in replayed:
+        tracker.inputs(r.inputs)
+        x = tracker.iteration([(b.mode, b.reqs, b.new, b.cached) for b in r.batches], r.finished,
+                              follows=prev is not None and prev.i == r.i - 1)
+        if prev is not None and prev.i == r.i - 1 and r.batches:
+            assert r.ms - prev.ms == pytest.approx(COST.iteration_ms(x), abs=2e-3)
+            checked += 1
+        prev = r
+    assert checked > 10
+    summary = latency.of_trace(first).summary()
+    assert summary["finished"] == 24 and summary["clock"] == "modeled"
+
+
+def test_a_recording_on_the_modelled_clock_replays_its_batches(engines, tmp_path):
+    """`record mooncake:... --clock modeled --cost C`, replayed on the
+    modelled clock with the cost model it carries: the same batches at
+    --level composition, the same latency to the microsecond."""
+    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "clock": "modeled"})
+    recorded = str(tmp_path / "modelled-record.sglt")
+    record_workload(engines.get(EngineConfig.embedded()), spec, recorded, cost=COST)
+    header, records = body(recorded)
+    assert header.timing.clock == "modeled"
+    imported = pt.load("mooncake", spec.path, spec.options)
+    fed = [at for r in records for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"]
+    assert fed == pytest.approx([float(q.arrival_ms) for q in imported.requests], abs=1e-3)
+    model, notes = cost_for(recorded, header, None)
+    assert model == COST and notes
+    replayed = str(tmp_path / "modelled-replay.sglt")
+    replay_trace(engines.get(engine_config_for(header)), recorded, replayed, cost=model)
+    with TraceReader(recorded) as a, TraceReader(replayed) as b:
+        result = diff(a, b, Options(level="composition"))
+    assert result.verdict == "same", result
+    a, b = latency.of_trace(recorded).summary(), latency.of_trace(replayed).summary()
+    error = latency.compare(a, b)
+    assert error["requests_compared"] == 24
+    assert error["ttft_median_abs_pct"] == 0 and error["e2e_median_abs_pct"] == 0 and error["throughput_pct"] == 0
+
+
+def test_check_on_the_modelled_clock_prints_the_latency_consequences(engines, wall_recording):
+    _, out = wall_recording
+    verdict = check(out, pool=engines, cost=COST)
+    assert verdict.latency is not None
+    lines = verdict.lines(out, "replay")
+    assert any(line.startswith("latency on the modelled clock") and "p90 TTFT" in line for line in lines), lines
+    plain = verdict.to_plain(out, "replay")
+    assert set(plain["latency"]) == {"recorded", "replay", "error"}
+    assert plain["latency"]["error"]["requests_compared"] == 24
+
+
+def test_latency_of_two_traces_json(wall_recording, modelled_replays):
+    _, out = wall_recording
+    proc = cli("latency", out, modelled_replays[0], "--json")
+    assert proc.returncode == 0, proc.stderr
+    both = json.loads(proc.stdout)
+    assert set(both) == {"a", "b", "error"}
+    for side in ("a", "b"):
+        assert {"requests", "ttft_ms", "itl_ms", "e2e_ms", "throughput_tok_s", "per_request"} <= set(both[side])
+        assert set(both[side]["ttft_ms"]) >= {"p50", "p90", "p99"}
+    assert {"ttft_median_abs_pct", "ttft_p90_abs_pct", "e2e_median_abs_pct", "throughput_pct"} <= set(both["error"])
+    assert both["error"]["requests_compared"] == 24
+    text = cli("latency", out)
+    assert text.returncode == 0 and "TTFT ms" in text.stdout and "24 of 24 requests finished" in text.stdout
+
+
+# ------------------------------------------------------------------ no engine
+def test_a_trace_without_times_is_one_line_and_exit_2(tmp_path):
+    for args in (["latency", str(GOLDEN_WITHOUT_TIMES)],
+                 ["cost", str(GOLDEN_WITHOUT_TIMES), "-o", str(tmp_path / "c.json")],
+                 ["replay", str(GOLDEN_WITHOUT_TIMES), "--clock", "modeled", "-o", str(tmp_path / "r.sglt")]):
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no iteration times: recorded with --clock wall, serve, or a capture?" in lines[0]
+    assert not (tmp_path / "c.json").exists() and not (tmp_path / "r.sglt").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not json at all", "not a cost model"),
+    (b'{"kind": "something else", "format": 1, "features": [], "coef_ms": [], "floor_ms": 0}', "not an sgl-replay"),
+    (b'{"kind": "sgl-replay cost model", "format": 1, "features": ["const"], "coef_ms": [1], "floor_ms": 0}',
+     "other features"),
+    (b'{"kind": "sgl-replay cost model", "format": 1, "features": %s, "coef_ms": %s, "floor_ms": 0}'
+     % (json.dumps(list(FEATURES)).encode(), json.dumps([1e300] * len(FEATURES)).encode()), "finite"),
+    (b"[" * 100_000, "not a cost model"),
+])
+def test_a_cost_file_that_is_not_one_is_one_line(tmp_path, content, message):
+    bad = tmp_path / "cost.json"
+    bad.write_bytes(content)
+    with pytest.raises(CostModelError, match=message):
+        load(str(bad))
+    proc = cli("replay", str(TESTS / "data" / "kv_pressure.v1.sglt"), "--clock", "modeled", "--cost", str(bad),
+               "-o", str(tmp_path / "out.sglt"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_cost_model_of_another_device_or_model_is_a_note():
+    header = Header(device=msgspec.convert({"type": "cuda", "name": "NVIDIA H200"}, type=type(Header().device)))
+    assert mismatch(COST, header) is not None and "device cpu vs cuda" in mismatch(COST, header)
+    same = Header(device=msgspec.convert({"type": "cpu"}, type=type(Header().device)))
+    assert mismatch(a_cost_model(const=1.0), same) is None or "model" in mismatch(a_cost_model(const=1.0), same)
+
+
+def test_cost_model_file_round_trips(tmp_path):
+    path = tmp_path / "cost.json"
+    path.write_bytes(COST.to_json())
+    assert load(str(path)) == COST
+    assert COST.iteration_ms([1.0] + [0.0] * (len(FEATURES) - 1)) == 4.0
+    assert COST.iteration_ms([0.0] * len(FEATURES)) == 0.5  # the floor
+
+
+# ------------------------------------------------------------------ latency from records
+def _iteration(i: int, ms: float, **fields) -> Iteration:
+    return Iteration(i=i, ms=ms, **fields)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_token_times_follow_the_batches_that_produced_them(overlap):
+    """A 2-chunk prefill then decode: the chunk that leaves a request mid
+    prefill yields no token; with overlap scheduling each token shows at the
+    end of the next iteration; a finished request's extra overlap step is
+    not a token."""
+    gen = {"type": "generate", "rid": "r", "input_ids": b"\0" * 40}
+    header = Header(timing=Timing(clock="wall"), resolved=Resolved(overlap_schedule=overlap))
+    chunk = Batch(fwd=0, mode="extend", tokens=6, reqs=[0], new=[6], cached=[0], chunked=0)
+    last = Batch(fwd=1, mode="extend", tokens=4, reqs=[0], new=[4], cached=[6])
+    decode = [Batch(fwd=k, mode="decode", tokens=1, reqs=[0]) for k in (2, 3, 4)]
+    finish_at = 4 if overlap else 3
+    records = [_iteration(0, 10.0, inputs=[gen], arrivals=[1.0], batches=[chunk]),
+               _iteration(1, 20.0, batches=[last]),
+               _iteration(2, 30.0, batches=[decode[0]]),
+               _iteration(3, 40.0, batches=[decode[1]], finished=[[0, "length", 3, 0]] if not overlap else ()),
+               _iteration(4, 50.0, batches=[decode[2]] if overlap else (),
+                          finished=[[0, "length", 3, 0]] if overlap else ())]
+    times = latency.from_records(header, records)
+    (r,) = times.requests
+    shift = 10.0 if overlap else 0.0
+    assert r.tokens == [20.0 + shift, 30.0 + shift, 40.0 + shift]
+    assert r.ttft == 19.0 + shift and r.finish == finish_at * 10 + 10.0 and r.queue == 0.0
+    summary = times.summary()
+    assert summary["itl_ms"]["p50"] == 10.0
+    assert summary["throughput_tok_s"] == pytest.approx(3 / ((r.finish - 1.0) / 1000), rel=1e-4)
+    assert math.isclose(summary["e2e_ms"]["p50"], r.finish - 1.0)
