@@ -24,6 +24,7 @@ import pytest
 
 from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
 from sgl_replay.runs.export import export, trace_requests
+from sgl_replay.timing import latency
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.format import End
 from sgl_replay.trace.reader import TraceReader
@@ -38,6 +39,12 @@ READY_TIMEOUT_S = 300
 SERVER_ARGS = {k: v for k, v in DEFAULT_ENGINE_ARGS.items() if k not in ("skip_tokenizer_init", "sampling_backend")}
 SERVER_ARGS["sampling_backend"] = "pytorch"
 SERVER_ENV = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python", "PYTHONUNBUFFERED": "1"}
+# Client-measured latency minus the capture's, per request (ms): a token is
+# stamped at the end of the loop iteration that sent it, a little after it
+# left the scheduler, so the client may see it slightly before; the HTTP,
+# tokenizer and detokenizer hops of this 2-core machine (shared by the
+# server's three processes and the client) add tens of ms.
+GAP_BELOW_MS, GAP_MEDIAN_MS, GAP_MAX_MS = 30.0, 150.0, 1000.0
 
 
 def _free_port() -> int:
@@ -120,7 +127,7 @@ def _bench(server: Server, out: Path, *, prompts: int = 64, rate: float = 16, se
            "--tokenize-prompt", "--num-prompts", str(prompts), "--random-input-len", "96",
            "--random-output-len", "48", "--random-range-ratio", "0.2", "--request-rate", str(rate),
            "--temperature", "1.0", "--disable-ignore-eos", "--seed", str(seed), "--disable-tqdm",
-           "--warmup-requests", "1", "--output-file", str(out)]
+           "--warmup-requests", "1", "--output-file", str(out), "--output-details"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text().strip().splitlines()[-1])
@@ -222,6 +229,36 @@ def test_capture_replays_with_zero_divergence(captured):
     assert result["iterations_compared"] > 100 and result["forwards_compared"] > 50
     # what the headers differ in is said, as notes
     assert any("sampling backend: pytorch vs token_oracle" in n for n in result["header_notes"])
+
+
+def test_latency_of_the_capture_is_what_bench_serving_measured_less_the_time_outside_the_scheduler(captured):
+    """Per request, `sgl-replay latency` of the capture against sglang's own
+    bench_serving for the same requests (matched by prompt and output
+    length, in send order): TTFT and E2E (its TTFT plus its inter-token
+    gaps). The client's figures add the time outside the scheduler (HTTP,
+    tokenizer, detokenizer, streaming, and the wait for the scheduler's next
+    pull), so the difference is never much below zero and stays small."""
+    traces, result, _, _, _ = captured
+    with TraceReader(str(traces[0])) as reader:
+        records = list(reader.iterations())
+    prompt = {x["rid"]: len(x["input_ids"]) // 4 for r in records for x in r.inputs if x["type"] == "generate"}
+    times = latency.of_trace(str(traces[0])).summary()["per_request"]
+    ours = [(prompt[rid], t["output_len"], t) for rid, t in times.items()]  # in pull order
+    used: set[int] = set()
+    gaps_ttft, gaps_e2e = [], []
+    for n_in, n_out, ttft, itls in zip(result["input_lens"], result["output_lens"], result["ttfts"], result["itls"]):
+        k = next(k for k, (a, b, _) in enumerate(ours) if k not in used and (a, b) == (n_in, n_out))
+        used.add(k)
+        gaps_ttft.append(ttft * 1000 - ours[k][2]["ttft_ms"])
+        gaps_e2e.append((ttft + sum(itls)) * 1000 - ours[k][2]["e2e_ms"])
+    assert len(gaps_ttft) == 64
+    gaps_ttft.sort()
+    gaps_e2e.sort()
+    print(f"bench_serving - sgl-replay latency, ms: TTFT median {gaps_ttft[32]:.1f} "
+          f"[{gaps_ttft[0]:.1f}, {gaps_ttft[-1]:.1f}]; E2E median {gaps_e2e[32]:.1f} "
+          f"[{gaps_e2e[0]:.1f}, {gaps_e2e[-1]:.1f}]")
+    for gaps in (gaps_ttft, gaps_e2e):
+        assert gaps[0] > -GAP_BELOW_MS and gaps[32] < GAP_MEDIAN_MS and gaps[-1] < GAP_MAX_MS, gaps
 
 
 def test_multi_turn_reuses_the_cached_prefix(captured):

@@ -262,3 +262,22 @@ def test_token_times_follow_the_batches_that_produced_them(overlap):
     assert summary["itl_ms"]["p50"] == 10.0
     assert summary["throughput_tok_s"] == pytest.approx(3 / ((r.finish - 1.0) / 1000), rel=1e-4)
     assert math.isclose(summary["e2e_ms"]["p50"], r.finish - 1.0)
+
+
+def test_a_chats_next_turn_is_found_with_its_think_time():
+    """follow_ups: a prompt that begins with an earlier request's prompt and
+    answer continues it; one that shares only the prompt, or begins with an
+    answer not yet given, does not."""
+    from sgl_replay.trace.format import pack_ids
+    from sgl_replay.timing.turns import follow_ups
+
+    first, answer = list(range(10, 40)), [7, 8, 9]
+    def gen(rid, ids):
+        return {"type": "generate", "rid": rid, "input_ids": pack_ids(ids)}
+    records = [
+        Iteration(i=0, ms=5.0, inputs=[gen("t1", first), gen("early", first + answer + [1])], arrivals=[1.0, 2.0]),
+        Iteration(i=1, ms=50.0, finished=[[0, "length", 3, 0]], outputs=[[0, pack_ids(answer)]]),
+        Iteration(i=2, ms=80.0, inputs=[gen("t2", first + answer + [100, 101]), gen("same-prompt", first + [5])],
+                  arrivals=[75.0, 76.0]),
+    ]
+    assert follow_ups(records) == {"t2": ("t1", 25.0)}

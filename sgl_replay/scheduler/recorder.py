@@ -265,8 +265,10 @@ class Recording:
             clock="modeled", cost=msgspec.to_builtins(clock.model))
         header = msgspec.structs.replace(header, timing=self.timing)
         self._arrivals: list[float] = []
-        # a timed replay's inputs: rid -> the recorded time it was fed for
+        # a timed replay's inputs: rid -> the recorded time it was fed for;
+        # and req -> when it finished, on the modelled clock
         self.fed_at: dict[str, float] = {}
+        self.finished_at: dict[int, float] = {}
         self._outputs: list = []
         self._idle = False  # this iteration ran no batch and processed no result
         self._idle_run = False  # ... and so did the one before it
@@ -387,6 +389,8 @@ class Recording:
             done += self._vanished()
         if self.clock is not None:
             self.clock.end_iteration(self._inputs, self._batches, done)
+            for f in done:
+                self.finished_at[f[0]] = self.clock.ms
         if self._inputs or self._batches or done or retracted or state != self.last_state:
             self._idle_run = False
             record = {"t": ITER, "i": self.i}

@@ -30,6 +30,7 @@ from sgl_replay.scheduler import oracle, skip_model, timed, workloads
 from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.timing.model import ModelledClock, from_builtins
+from sgl_replay.timing.turns import follow_ups
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
 from sgl_replay.trace.reader import TraceReader
 
@@ -125,8 +126,14 @@ def replay(ctx, job: Job) -> Generator:
         probe.start(job.path, build_header(ctx.scheduler, job), clock=clock)
         try:
             if clock is not None:
+                follows = {}
+                if forced:  # a capture: its chats' next turns wait for their answers
+                    with TraceReader(job.trace) as again:
+                        follows = follow_ups(again.iterations())
                 yield from timed.run(ctx, clock, _timed_inputs(recorded),
-                                     lambda item, us: _feed_timed(probe, poster, base_url, item, us))
+                                     lambda item, us: _feed_timed(probe, poster, base_url, item, us),
+                                     release=(lambda item, us: _after_answer(probe, follows, item, us))
+                                     if follows else None)
             else:
                 for record in recorded.iterations():
                     while probe.recording.next_i < record.i:
@@ -169,6 +176,21 @@ def _timed_inputs(recorded: TraceReader):
         for k, item in enumerate(record.inputs):
             at = arrivals[k] if k < len(arrivals) else record.ms
             yield round((at or 0.0) * 1000), item
+
+
+def _after_answer(probe, follows: dict, item: dict, arrival_us: int) -> Optional[int]:
+    """When a chat's next turn may be sent in a timed replay: its recorded
+    time, or its recorded think time after the earlier turn finished here
+    (None while that turn runs)."""
+    earlier = follows.get(item.get("rid")) if item["type"] == "generate" else None
+    if earlier is None:
+        return arrival_us
+    rec = probe.recording
+    req = rec.req_of_rid.get(earlier[0])
+    if req is None or req in rec.live or req in rec.pending:
+        return None
+    done = rec.finished_at.get(req)
+    return arrival_us if done is None else max(arrival_us, round((done + earlier[1]) * 1000))
 
 
 def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> None:

@@ -13,8 +13,9 @@ their times, the cost model and the engine's configuration.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generator
+from typing import Generator, Optional
 
 from sgl_replay.timing.model import ModelledClock
 
@@ -24,18 +25,41 @@ DRAIN_MAX_ITERS = 1_000_000
 
 
 def run(ctx, clock: ModelledClock, events: Iterable[tuple[int, dict]],
-        feed: Callable[[dict, int], None]) -> Generator:
+        feed: Callable[[dict, int], None],
+        release: Optional[Callable[[dict, int], Optional[int]]] = None) -> Generator:
     """Feed `events` ((arrival in us, input), in recorded order) by `clock`,
     then drain. `feed(input, arrival_us)` sends one input and returns once
-    the scheduler will pull it in this iteration."""
+    the scheduler will pull it in this iteration. `release(input,
+    arrival_us)`, if given, may put an input later (a chat's next turn waits
+    for its earlier turn's answer: the time to send it, or None while that
+    answer is not there yet); inputs due at the same time go in recorded
+    order."""
     upcoming: Iterator[tuple[int, dict]] = iter(events)
     nxt = next(upcoming, None)
-    while nxt is not None:
-        if nxt[0] > clock.now_us and ctx.is_fully_idle:
-            clock.wait_until(nxt[0])
+    seq = 0
+    due: list[tuple[int, int, dict]] = []  # (time to send, recorded order, input)
+    held: list[tuple[int, int, dict]] = []  # (recorded time, recorded order, input)
+    while nxt is not None or due or held:
         while nxt is not None and nxt[0] <= clock.now_us:
-            feed(nxt[1], nxt[0])
+            held.append((nxt[0], seq, nxt[1]))
+            seq += 1
             nxt = next(upcoming, None)
+        still = []
+        for at, k, item in held:
+            when = at if release is None else release(item, at)
+            if when is None:
+                still.append((at, k, item))
+            else:
+                heapq.heappush(due, (when, k, item))
+        held = still
+        if ctx.is_fully_idle and (not due or due[0][0] > clock.now_us):
+            nexts = [t for t in (nxt[0] if nxt is not None else None, due[0][0] if due else None) if t is not None]
+            if nexts:
+                clock.wait_until(min(nexts))
+                continue  # what came due with the jump goes in this same turn
+        while due and due[0][0] <= clock.now_us:
+            when, _, item = heapq.heappop(due)
+            feed(item, when)
         yield
     yield  # the scheduler pulls what was fed last
     for _ in range(DRAIN_MAX_ITERS):

@@ -23,6 +23,7 @@ sglang's own bench_serving.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from array import array
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,7 @@ NO_TIMES = "no iteration times: recorded with --clock wall, serve, or a capture?
 class RequestTimes:
     rid: str
     arrival: float
+    prompt: str = ""  # a digest of the prompt's token ids: the same request in another recording
     first_run: Optional[float] = None  # start of the iteration that first ran it
     tokens: list[float] = field(default_factory=list)
     finish: Optional[float] = None
@@ -90,7 +92,7 @@ class Latency:
             "span_s": round(span, 6),
             "throughput_tok_s": round(tokens / span, 3) if span > 0 else None,
             "per_request": {r.rid: {"ttft_ms": _round(r.ttft), "e2e_ms": _round(r.e2e), "queue_ms": _round(r.queue),
-                                    "output_len": r.output_len} for r in done},
+                                    "output_len": r.output_len, "prompt": r.prompt} for r in done},
         }
 
 
@@ -143,7 +145,9 @@ def from_records(header: Header, records: Iterable[Iteration]) -> Latency:
         for k, item in enumerate(record.inputs):
             if item.get("type") == "generate":
                 at = arrivals[k] if k < len(arrivals) else ms
-                r = RequestTimes(rid=str(item.get("rid")), arrival=float(at))
+                ids = item.get("input_ids")
+                digest = hashlib.blake2b(ids, digest_size=8).hexdigest() if isinstance(ids, bytes) else ""
+                r = RequestTimes(rid=str(item.get("rid")), arrival=float(at), prompt=digest)
                 live[len(requests)] = r
                 requests.append(r)
         start = prev_ms if prev_i == record.i - 1 else (min(arrivals) if arrivals else prev_ms)
@@ -178,10 +182,30 @@ def of_trace(path: str) -> Latency:
         return from_records(reader.header, reader.iterations())
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """B's error against A (two summaries of the same requests), in %."""
+def pairs(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str], str]:
+    """The requests two summaries share: by rid (a replay keeps them), else,
+    for two recordings of the same traffic (a client's rids are its own
+    each run), by prompt, the k-th request with a prompt matching the k-th."""
     pa, pb = a["per_request"], b["per_request"]
     common = [rid for rid in pa if rid in pb]
+    if len(common) * 2 >= min(len(pa), len(pb)):
+        return pa, pb, common, "rid"
+
+    def by_prompt(per: dict[str, Any]) -> dict[str, Any]:
+        seen: dict[str, int] = {}
+        out = {}
+        for t in per.values():
+            k = seen[t["prompt"]] = seen.get(t["prompt"], -1) + 1
+            out[f"{t['prompt']}#{k}"] = t
+        return out
+
+    pa, pb = by_prompt(pa), by_prompt(pb)
+    return pa, pb, [key for key in pa if key in pb], "prompt"
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """B's error against A (two summaries of the same requests), in %."""
+    pa, pb, common, matched_by = pairs(a, b)
 
     def per_request(key: str) -> list[float]:
         return [abs(pb[r][key] - pa[r][key]) / pa[r][key] * 100 for r in common
@@ -195,6 +219,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     ta, tb = a.get("throughput_tok_s"), b.get("throughput_tok_s")
     return {
         "requests_compared": len(common),
+        "matched_by": matched_by,
         "ttft_median_abs_pct": round(percentile(ttft, 50), 3) if ttft else None,
         "ttft_p90_abs_pct": None if figure("ttft_ms", "p90") is None else abs(figure("ttft_ms", "p90")),
         "ttft_per_request_p90_abs_pct": round(percentile(ttft, 90), 3) if ttft else None,

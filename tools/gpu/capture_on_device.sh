@@ -26,6 +26,7 @@ for module in datasets PIL; do
   echo "shim: $module" | tee -a "$OUT/versions.txt"
 done
 export PYTHONPATH="$PYTHONPATH:$SHIMS"
-# SCRIPT=tools/gpu/profile_capture.py runs the profile instead (py-spy's wheel in .whl)
-timeout -s INT 540 python3 "${SCRIPT:-tools/gpu/capture_on_device.py}" --out "$OUT" "$@"
+# SCRIPT=tools/gpu/profile_capture.py runs the profile instead (py-spy's wheel in .whl);
+# SCRIPT=tools/bench/timed_prediction.py SCRIPT_ARGS=capture the timed replay's recordings
+timeout -s INT 540 python3 "${SCRIPT:-tools/gpu/capture_on_device.py}" ${SCRIPT_ARGS:-} --out "$OUT" "$@"
 ls -la "$OUT"
