@@ -24,7 +24,9 @@ import pytest
 
 from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
 from sgl_replay.runs.export import export, trace_requests
+from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.timing import latency
+from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.format import End
 from sgl_replay.trace.reader import TraceReader
@@ -270,6 +272,32 @@ def test_multi_turn_reuses_the_cached_prefix(captured):
     cached = [c for r in records for b in r.batches if b.new for n, c in zip(b.reqs, b.cached) if n == second]
     prompt, answer = extras["turns"]
     assert cached and cached[0] >= prompt  # the first turn's prompt (and answer) came from the cache
+
+
+def test_a_timed_replay_sends_the_next_turn_only_after_the_answer(captured, engines, tmp_path):
+    """The capture on the modelled clock with a cost model far slower than
+    the recorded server (every iteration 40 ms): the second turn of the
+    conversation holds the first turn's answer, so it goes to the scheduler
+    its recorded think time after the first turn finishes in the replay,
+    later than it arrived in the recording."""
+    traces, *_ = captured
+    slow = CostModel(kind=KIND, format=FORMAT, features=list(FEATURES),
+                     coef_ms=[40.0] + [0.0] * (len(FEATURES) - 1), floor_ms=40.0)
+    with TraceReader(str(traces[0])) as reader:
+        header = reader.header
+    replayed = str(tmp_path / "slow.sglt")
+    replay_trace(engines.get(engine_config_for(header)), str(traces[0]), replayed,
+                 overrides={"skip_model": True}, cost=slow)
+
+    def times(path):
+        t = {r.rid: r for r in latency.of_trace(path).requests}
+        return t["turn-1"], t["turn-2"]
+
+    (rec1, rec2), (rep1, rep2) = times(str(traces[0])), times(replayed)
+    think = rec2.arrival - rec1.finish
+    assert think > 0 and rep1.finish > rec1.finish
+    assert rep2.arrival == pytest.approx(rep1.finish + think, abs=1e-3)
+    assert rep2.arrival > rec2.arrival
 
 
 def test_a_mooncake_export_is_what_bench_serving_sends_and_it_exports_back(captured, tmp_path):

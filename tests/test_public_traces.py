@@ -376,14 +376,16 @@ def test_recording_twice_gives_identical_bodies(slice_recording, engines, tmp_pa
 def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(engines, tmp_path):
     """--clock wall: each request goes over HTTP when the wall clock reaches
     its (scaled) arrival time, and the scheduler pulls it whenever it does;
-    the iterations that pulled inputs keep their time, which export reads."""
+    the recording keeps when each request was pulled, which export reads."""
     spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
                                                          "clock": "wall"})
     imported = pt.load("mooncake", spec.path, spec.options)
     out = str(tmp_path / "wall.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, out)
     records = body(out)
-    pulled = {x["rid"]: rec.ms for rec in records for x in rec.inputs if x["type"] == "generate"}
+    pulled = {x["rid"]: at for rec in records for x, at in zip(rec.inputs, rec.arrivals)
+              if x["type"] == "generate"}
+    ended = {x["rid"]: rec.ms for rec in records for x in rec.inputs if x["type"] == "generate"}
     assert list(pulled) == [r.rid for r in imported.requests]
     # pulled no earlier than its time (the recording starts before the first
     # send), and not long after it (a CPU forward of a few prompts takes
@@ -406,7 +408,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
         [pulled[q.rid] - first for q in imported.requests], abs=1e-3)
     assert [int(r["prompt_tokens"]) for r in table] == [q.input_len for q in imported.requests]
     # the timeline is drawn on the recording's wall clock: each request's
-    # life starts at the time of the iteration that pulled it
+    # life starts at the (end) time of the iteration that pulled it
     drawn = tmp_path / "wall.json"
     assert write_timeline(out, str(drawn))["time_axis"] == "wall"
     events = json.loads(drawn.read_text())["traceEvents"]
@@ -415,7 +417,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
         if e["ph"] == "b":
             life.setdefault(e["id"], e["ts"])
     assert [life[k] for k in range(len(imported.requests))] == pytest.approx(
-        [pulled[r.rid] * 1000 for r in imported.requests], abs=1)
+        [ended[r.rid] * 1000 for r in imported.requests], abs=1)
     forwards = [e["ts"] for e in events if e["ph"] == "X"]
     with TraceReader(out) as reader:
         seconds = sum(1 for _ in reader.iterations()) and reader.end.seconds

@@ -48,7 +48,7 @@ GPU_ARGS = ["--load-format", "dummy", "--attention-backend", "triton", "--sampli
             "--max-total-tokens", "200000", "--max-running-requests", "64"]
 # Per device: (prompt tokens, output tokens, (requests, rate/s) below
 # saturation, (requests, in flight) at saturation)
-TRAFFIC = {"cuda": (576, 64, (600, 40.0), (1200, 96)), "cpu": (192, 16, (40, 2.0), (48, 12))}
+TRAFFIC = {"cuda": (576, 64, (300, 10.0), (600, 64)), "cpu": (192, 16, (40, 2.0), (48, 12))}
 PHASE_GAP_MS = 1500.0  # phases are sent this far apart at least
 READY_S = 400
 
