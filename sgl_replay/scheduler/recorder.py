@@ -265,6 +265,7 @@ class Recording:
             clock="modeled", cost=msgspec.to_builtins(clock.model))
         header = msgspec.structs.replace(header, timing=self.timing)
         self._arrivals: list[float] = []
+        self._after_idle = False
         # a timed replay's inputs: rid -> the recorded time it was fed for;
         # and req -> when it finished, on the modelled clock
         self.fed_at: dict[str, float] = {}
@@ -305,6 +306,11 @@ class Recording:
     def begin_iteration(self) -> None:
         self.i = self.next_i
         self.next_i += 1
+        if self.timed:  # the harness's is_fully_idle, read before this iteration pulls anything
+            s = self.scheduler
+            self._after_idle = (s.chunked_req is None and not s.waiting_queue
+                                and (s.running_batch is None or s.running_batch.is_empty())
+                                and (s.last_batch is None or s.last_batch.is_empty()))
 
     def on_idle(self) -> None:
         """A capture: the loop found nothing to run and no result to process
@@ -397,6 +403,8 @@ class Recording:
             if self.timed:
                 record["ms"] = (round((time.monotonic() - self.started) * 1000, 3) if self.clock is None
                                 else self.clock.ms)
+                if self._after_idle:
+                    record["after_idle"] = True
             if self._inputs:
                 record["inputs"] = self._inputs
                 self._inputs = []

@@ -3,9 +3,9 @@ recordings, by non-negative least squares (numpy and scipy, which sglang
 depends on too).
 
 A sample is an iteration whose length the trace tells: it ran a batch or
-processed one's result, and the iteration before it is in the trace too (a
-gap in the numbering is the loop idling, whose length is waiting, not
-work). One sample in five, by position, is held out: the model is fitted on
+processed one's result, the iteration before it is in the trace too (a gap
+in the numbering is the loop idling) and it did not begin idle (then its
+start is not the previous iteration's end). One sample in five, by position, is held out: the model is fitted on
 the rest, its error on those is what `sgl-replay cost` prints and the file
 keeps, and then it is fitted again on all of them.
 """
@@ -37,7 +37,7 @@ def samples(path: str) -> tuple[Header, list[list[float]], list[float]]:
         prev_i, prev_ms = -2, None
         for record in reader.iterations():
             tracker.inputs(record.inputs)
-            follows = prev_i == record.i - 1
+            follows = prev_i == record.i - 1 and not record.after_idle
             x = tracker.iteration([(b.mode, b.reqs or (), b.new, b.cached) for b in record.batches],
                                   record.finished, follows=follows)
             ms = record.ms

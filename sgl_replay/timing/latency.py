@@ -150,7 +150,8 @@ def from_records(header: Header, records: Iterable[Iteration]) -> Latency:
                 r = RequestTimes(rid=str(item.get("rid")), arrival=float(at), prompt=digest)
                 live[len(requests)] = r
                 requests.append(r)
-        start = prev_ms if prev_i == record.i - 1 else (min(arrivals) if arrivals else prev_ms)
+        start = (prev_ms if prev_i == record.i - 1 and not record.after_idle
+                 else max(prev_ms, min(arrivals)) if arrivals else prev_ms)
         for batch in record.batches:
             for n in batch.reqs or ():
                 r = live.get(n)

@@ -23,7 +23,9 @@ array of records (maps). The header is the first frame's only block.
                            recording started, on every iteration written
                            (timed recordings only: see "timing" below)
               "arrivals":  [ms, ...] parallel to "inputs": when each input
-                           reached the scheduler (timed recordings only)}
+                           reached the scheduler (timed recordings only)
+              "after_idle": true when the scheduler had nothing to do as
+                           this iteration began (timed recordings only)}
     end      {"t": "end", "complete": bool, "reason": str | None,
               "iterations": n, "forwards": n, "requests": n, "seconds": loop time,
               "recorder_seconds": of that, time in the recorder's own code,
@@ -137,6 +139,11 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     # that pulled inputs.
     ms: Optional[float] = None
     arrivals: Sequence[float] = ()
+    # Timed recordings: the scheduler had nothing queued, running or in
+    # flight when this iteration began, so the time since the previous
+    # iteration's end includes waiting (a capture's idle spins, a script's
+    # sleep, a modelled clock's jump to the next arrival), not only work.
+    after_idle: bool = False
 
 
 class End(msgspec.Struct, tag_field="t", tag=END, omit_defaults=True):

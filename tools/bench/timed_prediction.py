@@ -49,7 +49,7 @@ GPU_ARGS = ["--load-format", "dummy", "--attention-backend", "triton", "--sampli
 # Per device: (prompt tokens, output tokens, (requests, rate/s) below
 # saturation, (requests, in flight) at saturation)
 TRAFFIC = {"cuda": (576, 64, (300, 10.0), (600, 64)), "cpu": (192, 16, (40, 2.0), (48, 12))}
-PHASE_GAP_MS = 1500.0  # phases are sent this far apart at least
+PHASE_GAP_S = 3.0  # the pause between the traffic phases
 READY_S = 400
 
 
@@ -107,11 +107,11 @@ def capture(out: str, device: str) -> None:
             # a throw-away round first: Triton compiles on first use
             bench(port, model, os.path.join(scratch, f"{name}-warm.jsonl"), n=32, rate=float("inf"), concurrency=16,
                   device=device, seed=99)
-            time.sleep(PHASE_GAP_MS / 1000 * 2)
+            time.sleep(PHASE_GAP_S)
             figures[name] = {
                 "below": bench(port, model, os.path.join(scratch, f"{name}-below.jsonl"), n=below[0], rate=below[1],
                                concurrency=0, device=device, seed=1)}
-            time.sleep(PHASE_GAP_MS / 1000 * 2)
+            time.sleep(PHASE_GAP_S)
             figures[name]["saturated"] = bench(port, model, os.path.join(scratch, f"{name}-saturated.jsonl"),
                                                n=saturated[0], rate=float("inf"), concurrency=saturated[1],
                                                device=device, seed=2)
@@ -158,21 +158,19 @@ def trace_of(out: str, name: str) -> str:
     return found[0] if len(found) == 1 else os.path.join(out, name)
 
 
-def phases(path: str) -> dict[str, dict]:
-    """Latency summaries of the traffic phases (the last two bursts of
-    arrivals, PHASE_GAP_MS apart) and of the whole trace."""
+def phases(path: str, sizes: dict[str, int]) -> dict[str, dict]:
+    """Latency summaries of the traffic phases and of the whole trace. In
+    arrival order the trace ends with the below-saturation phase's requests,
+    the saturated phase's warm-up request, then its requests (`sizes`)."""
     from sgl_replay.timing import latency
 
     times = latency.of_trace(path)
-    arrivals = sorted(r.arrival for r in times.requests)
-    cuts = [b for a, b in zip(arrivals, arrivals[1:]) if b - a >= PHASE_GAP_MS]
-    if len(cuts) < 2:
-        raise SystemExit(f"{path}: expected two traffic phases {PHASE_GAP_MS} ms apart, found {len(cuts) + 1}")
-    below_from, saturated_from = cuts[-2], cuts[-1]
+    ordered = sorted(times.requests, key=lambda r: r.arrival)
+    saturated = ordered[len(ordered) - sizes["saturated"]:]
+    below = ordered[len(ordered) - sizes["saturated"] - 1 - sizes["below"]:len(ordered) - sizes["saturated"] - 1]
     out = {"all": times.summary()}
-    for name, lo, hi in (("below", below_from, saturated_from), ("saturated", saturated_from, float("inf"))):
-        part = latency.Latency([r for r in times.requests if lo <= r.arrival < hi], clock=times.clock)
-        out[name] = part.summary()
+    for name, part in (("below", below), ("saturated", saturated)):
+        out[name] = latency.Latency(part, clock=times.clock).summary()
     return out
 
 
@@ -189,6 +187,8 @@ def predict(out: str) -> None:
     print(f"cost model fitted on A: {model.source.iterations} iterations, held-out median error "
           f"{model.fit.median_abs_pct}%, p90 {model.fit.p90_abs_pct}%, total time {model.fit.total_pct:+}%")
     header = read_header(a)
+    bench = json.loads(Path(out, "bench.json").read_text())
+    sizes = {phase: int(bench["a"][phase]["completed"]) for phase in ("below", "saturated")}
     recorded_s = header_seconds(a)
     pool = EnginePool(max_live=1)
     rows = []
@@ -200,13 +200,15 @@ def predict(out: str) -> None:
                 started = time.monotonic()
                 replay_trace(engine, a, os.path.join(out, "a-plain-replay.sglt"), overrides={"skip_model": True})
                 plain_s = time.monotonic() - started
+                # a replay reusing rids waits out sglang's stream-abort window first: not timed
+                time.sleep(2.5)
             predicted = os.path.join(out, f"predicted-{target}.sglt")
             started = time.monotonic()
             replay_trace(engine, a, predicted, overrides={"skip_model": True, "engine_args": engine_args},
                          cost=model)
             modelled_s = time.monotonic() - started
-            real = phases(trace_of(out, target))
-            guess = phases(predicted)
+            real = phases(trace_of(out, target), sizes)
+            guess = phases(predicted, sizes)
             for phase in ("below", "saturated", "all"):
                 error = latency.compare(real[phase], guess[phase])
                 rows.append((target, phase, real[phase], guess[phase], error))
