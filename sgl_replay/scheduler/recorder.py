@@ -435,7 +435,7 @@ class Recording:
                 self._idle_run = True
         self._idle = False
         self._saw_abort = False
-        self.writer.flush_if_due(time.monotonic())
+        self.writer.flush_if_due(time.monotonic() if self.clock is None else self.clock.now_us / 1e6)
 
     # -- helpers ---------------------------------------------------------
     def _relive(self) -> None:

@@ -26,7 +26,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from typing import BinaryIO, Optional, Union
 
 import msgpack
@@ -60,7 +59,7 @@ class TraceWriter:
         self._buffer_records = 0
         self._frame = None  # the open frame's compressor
         self._frame_raw = 0
-        self._last_flush = time.monotonic()
+        self._last_flush: Optional[float] = None  # on the clock flush_if_due is given
         self._last_reqs = None  # the previous forward batch's "reqs"
         self._failed: Optional[OSError] = None  # the error that stopped this writer taking records
         self._disk_error: Optional[OSError] = None  # ... when it was the disk's: nothing more is written
@@ -113,8 +112,15 @@ class TraceWriter:
         return record if kept is None else {**record, "batches": kept}
 
     def flush_if_due(self, now: float) -> None:
-        if self._buffer and now - self._last_flush >= FLUSH_INTERVAL_S:
+        """Flush once FLUSH_INTERVAL_S has passed on the caller's clock since
+        the last time this did (a timed replay passes its modelled clock, so
+        where its blocks end, and so its bytes, depend on nothing of this
+        machine's)."""
+        if self._last_flush is None:
+            self._last_flush = now
+        elif self._buffer and now - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
+            self._last_flush = now
 
     def flush(self, *, end_frame: bool = False) -> None:
         """Put everything written on disk, decodable; end the frame when asked
@@ -131,7 +137,6 @@ class TraceWriter:
             end_frame = end_frame or self._frame_raw >= FRAME_BYTES
         if end_frame:
             self._frame_raw = 0
-        self._last_flush = time.monotonic()
         if block is None and not end_frame:
             return
         if self._disk is None:

@@ -181,7 +181,7 @@ def predict(out: str) -> None:
     from sgl_replay.timing import latency
     from sgl_replay.timing.fit import fit
 
-    a, b = trace_of(out, "a"), trace_of(out, "b")
+    a = trace_of(out, "a")
     model = fit([a])
     Path(out, "cost-a.json").write_bytes(model.to_json())
     print(f"cost model fitted on A: {model.source.iterations} iterations, held-out median error "
