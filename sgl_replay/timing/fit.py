@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _PREV
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 HELD_OUT_EVERY = 5
+OUTLIER_X = 100.0
 # Fewer samples than this say little about a model of len(FEATURES) terms.
 MIN_SAMPLES = 4 * len(FEATURES)
 
@@ -50,18 +51,32 @@ def samples(path: str) -> tuple[Header, list[list[float]], list[float]]:
     return header, xs, ys
 
 
-def _solve(xs, ys):
+def _nnls(X, y):
     """Least squares with every coefficient at least 0 (scipy's NNLS): each
     term is work that can only take time, so a model that extrapolates to a
     batch larger than any it saw cannot predict it faster than a smaller one."""
     import numpy as np
     from scipy.optimize import nnls
 
-    X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     scale = np.abs(X).max(axis=0)
     scale[scale == 0] = 1.0
     coef, _ = nnls(X / scale, y, maxiter=50 * X.shape[1])
     return coef / scale
+
+
+def _solve(xs, ys) -> tuple[Any, int]:
+    """The coefficients, and how many samples were left out as one-time
+    events: an iteration over OUTLIER_X times the median (a Triton kernel
+    compiled on first use, a CUDA graph captured at start-up) says nothing
+    of the next one like it, and one of them outweighs thousands of real
+    ones in a least-squares fit. The slow tail below that (the host's other
+    work, Python's collector) is part of serving time and stays in: the
+    model fits the mean, so the modelled clock keeps the recorded pace."""
+    import numpy as np
+
+    X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    keep = y <= OUTLIER_X * float(np.median(y))
+    return _nnls(X[keep], y[keep]), int((~keep).sum())
 
 
 def _errors(coef, floor: float, xs, ys) -> Fit:
@@ -95,9 +110,10 @@ def fit(paths: list[str]) -> CostModel:
     train_x = [x for x, h in zip(xs, held) if not h]
     train_y = [y for y, h in zip(ys, held) if not h]
     floor = float(np.percentile(ys, 1))
-    heldout = _errors(_solve(train_x, train_y), floor,
+    heldout = _errors(_solve(train_x, train_y)[0], floor,
                       [x for x, h in zip(xs, held) if h], [y for y, h in zip(ys, held) if h])
-    coef = _solve(xs, ys)
+    coef, outliers = _solve(xs, ys)
+    heldout.outliers = outliers
     return CostModel(kind=KIND, format=FORMAT, features=list(FEATURES),
                      coef_ms=[round(float(c), 9) for c in coef], floor_ms=round(floor, 6),
                      source=_source(headers[0], paths, len(ys)), fit=heldout)

@@ -57,11 +57,13 @@ class Source(msgspec.Struct, omit_defaults=True):
 
 
 class Fit(msgspec.Struct, omit_defaults=True):
-    """Error of the model on iterations it was not fitted on."""
+    """Error of the model on iterations it was not fitted on (outliers
+    included: the figure says how far a prediction can be off)."""
     heldout_iterations: int = 0
     median_abs_pct: Optional[float] = None
     p90_abs_pct: Optional[float] = None
     total_pct: Optional[float] = None
+    outliers: int = 0  # samples of the final fit left out as outliers (timing/fit.py)
 
 
 class CostModel(msgspec.Struct, omit_defaults=True):
