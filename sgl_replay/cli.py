@@ -132,6 +132,10 @@ def _skip_model_option(fn):
 
 
 def _clock_options(fn):
+    fn = click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+                      help="--clock modeled: the client keeps at most N requests in flight (a closed-loop "
+                           "client such as bench_serving --max-concurrency N): a request goes at its "
+                           "recorded time or, with N in flight, when one finishes.")(fn)
     fn = click.option("--cost", "cost_path", default=None, type=click.Path(dir_okay=False, exists=True),
                       help="--clock modeled: the cost model (`sgl-replay cost`); default: one fitted "
                            "on TRACE itself.")(fn)
@@ -142,12 +146,12 @@ def _clock_options(fn):
                              "of every iteration the scheduler runs (the trace must have kept time).")(fn)
 
 
-def _cost_model(trace: str, clock: str, cost_path: Optional[str]):
+def _cost_model(trace: str, clock: str, cost_path: Optional[str], max_in_flight: Optional[int] = None):
     """The cost model of a timed replay (None on the iterations clock), its
     notes printed to stderr."""
     if clock != "modeled":
-        if cost_path is not None:
-            raise click.UsageError("--cost goes with --clock modeled")
+        if cost_path is not None or max_in_flight is not None:
+            raise click.UsageError("--cost and --max-in-flight go with --clock modeled")
         return None
     from sgl_replay.runs.check import read_header
     from sgl_replay.timing.fit import cost_for
@@ -435,7 +439,8 @@ def stats(trace: str, as_json: bool) -> None:
 @_timeout_option
 @_errors_to_exit_codes
 def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[str, ...],
-           skip_model: bool, timeout: float, clock: str = "iterations", cost_path: Optional[str] = None) -> None:
+           skip_model: bool, timeout: float, clock: str = "iterations", cost_path: Optional[str] = None,
+           max_in_flight: Optional[int] = None) -> None:
     """Re-drive the real engine with TRACE's inputs and record what happens
     now: each input at the iteration that pulled it, or (--clock modeled) at
     its recorded time on a modelled clock, whose times `latency` reads."""
@@ -446,12 +451,14 @@ def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[st
 
     check_writable(output)
     overrides = parse_engine_args(engine_args)
-    cost = _cost_model(trace, clock, cost_path)
+    cost = _cost_model(trace, clock, cost_path, max_in_flight)
     config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
         source_overrides = {"device": device, "engine_args": overrides}
         if skip_model:
             source_overrides["skip_model"] = True
+        if max_in_flight is not None:
+            source_overrides["max_in_flight"] = max_in_flight
         end = replay_trace(engine, trace, output, overrides=source_overrides, timeout_s=timeout, cost=cost)
     modelled = f" in {end.seconds:.3f} modelled seconds" if cost is not None and end.seconds is not None else ""
     click.echo(f"replayed {end.iterations} loop iterations, {end.forwards} forward batches{modelled} -> {output}")
@@ -585,7 +592,7 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
           device: Optional[str], engine_args: tuple[str, ...], timeout: float, as_json: bool,
           level: str, ignore: tuple[str, ...], force: bool, engine_env: tuple[str, ...] = (),
           engine_path: tuple[str, ...] = (), skip_model: bool = False, clock: str = "iterations",
-          cost_path: Optional[str] = None) -> None:
+          cost_path: Optional[str] = None, max_in_flight: Optional[int] = None) -> None:
     """Replay TRACE and diff the result against it, in one step.
 
     Exit 0 same, 1 diverged, 125 the engine could not start or import here, or
@@ -595,11 +602,12 @@ def check(trace: str, output: Optional[str], report_path: Optional[str], repeat:
     from sgl_replay.runs.check import check as run_check
 
     options = _options(level, ignore, force)
-    cost = _cost_model(trace, clock, cost_path)
+    cost = _cost_model(trace, clock, cost_path, max_in_flight)
     verdict = run_check(trace, device=device, engine_args=parse_engine_args(engine_args),
                         options=options, repeat=repeat, observed=output, report=report_path,
                         timeout_s=timeout, engine_env=parse_engine_env(engine_env),
-                        engine_path=engine_path, skip_model=skip_model, cost=cost)
+                        engine_path=engine_path, skip_model=skip_model, cost=cost,
+                        max_in_flight=max_in_flight)
     label_b = "replay" if output is None else output
     if as_json:
         click.echo(json.dumps(verdict.to_plain(trace, label_b)))

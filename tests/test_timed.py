@@ -283,3 +283,24 @@ def test_a_chats_next_turn_is_found_with_its_think_time():
                   arrivals=[75.0, 76.0]),
     ]
     assert follow_ups(records) == {"t2": ("t1", 25.0)}
+
+
+def test_a_closed_loop_client_keeps_its_limit_in_flight(engines, wall_recording, tmp_path):
+    """--max-in-flight 2: a request goes at its recorded time or, with two
+    in flight, when one of them finishes; never three at once."""
+    _, out = wall_recording
+    with TraceReader(out) as reader:
+        engine = engines.get(engine_config_for(reader.header))
+    replayed = str(tmp_path / "closed-loop.sglt")
+    replay_trace(engine, out, replayed, cost=COST, overrides={"max_in_flight": 2})
+    times = latency.of_trace(replayed).requests
+    recorded = {r.rid: r.arrival for r in latency.of_trace(out).requests}
+    assert len(times) == 24 and all(r.finish is not None for r in times)
+    events = sorted([(r.arrival, 1) for r in times] + [(r.finish, -1) for r in times])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak == 2
+    assert all(r.arrival >= recorded[r.rid] - 1e-3 for r in times)
+    assert sum(r.arrival > recorded[r.rid] + 1e-3 for r in times) > 0  # some waited for a free slot

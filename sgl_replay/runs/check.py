@@ -136,7 +136,7 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
           observed: Optional[str] = None, report: Optional[str] = None,
           timeout_s: float = REPLAY_TIMEOUT_S, engine_env: Optional[dict] = None,
           engine_path: Sequence[str] = (), skip_model: bool = False,
-          cost: Optional[CostModel] = None) -> Verdict:
+          cost: Optional[CostModel] = None, max_in_flight: Optional[int] = None) -> Verdict:
     """Replay `trace` `repeat` times on one engine and diff each replay
     against it. The engine comes from `pool` (shared engines) or is started
     for this check and stopped after. The last replay is kept at `observed`
@@ -145,7 +145,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
     if any). `skip_model`: the model's forward returns placeholder logits
     during the replays (scheduler/skip_model.py says why that changes no
     scheduling decision). `cost`: replay on the modelled clock with this
-    cost model, and compare latency too."""
+    cost model, and compare latency too (`max_in_flight`: a closed-loop
+    client's limit)."""
     try:
         header = read_header(trace)
         config = with_env_and_path(engine_config_for(header, device=device, engine_args=engine_args),
@@ -168,6 +169,8 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
             overrides["engine_env"] = dict(engine_env)
         if skip_model:
             overrides["skip_model"] = True
+        if max_in_flight is not None:
+            overrides["max_in_flight"] = max_in_flight
         results: list[DiffResult] = []
         with tempfile.TemporaryDirectory(prefix="sgl-replay-check-") as tmp:
             paths = [observed if observed and run == repeat - 1 else os.path.join(tmp, f"observed-{run}.sglt")

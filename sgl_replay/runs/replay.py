@@ -122,7 +122,8 @@ def replay_trace(engine: Engine, trace: str, out: str, *, overrides: Optional[di
     """Replay `trace` on `engine`, writing what happens to `out`; returns the
     observed trace's end record. Past `timeout_s` the replay stops, sealed.
     With `cost`, on the modelled clock: each input arrives at its recorded
-    time and the clock advances by `cost`'s length of each iteration."""
+    time and the clock advances by `cost`'s length of each iteration
+    (overrides["max_in_flight"]: a closed-loop client's limit)."""
     trace = os.path.abspath(trace)
     source = Source(kind="replay", trace=trace, overrides=overrides or {})
     return run_capture(engine, REPLAY_SCRIPT, out, source=source, trace=trace, timeout_s=timeout_s,

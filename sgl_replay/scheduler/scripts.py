@@ -130,10 +130,11 @@ def replay(ctx, job: Job) -> Generator:
                 if forced:  # a capture: its chats' next turns wait for their answers
                     with TraceReader(job.trace) as again:
                         follows = follow_ups(again.iterations())
+                limit = (job.source.overrides or {}).get("max_in_flight")
+                release = _Release(probe, follows, limit if isinstance(limit, int) and limit > 0 else None)
                 yield from timed.run(ctx, clock, _timed_inputs(recorded),
                                      lambda item, us: _feed_timed(probe, poster, base_url, item, us),
-                                     release=(lambda item, us: _after_answer(probe, follows, item, us))
-                                     if follows else None)
+                                     release=release if follows or release.limit else None)
             else:
                 for record in recorded.iterations():
                     while probe.recording.next_i < record.i:
@@ -178,19 +179,40 @@ def _timed_inputs(recorded: TraceReader):
             yield round((at or 0.0) * 1000), item
 
 
-def _after_answer(probe, follows: dict, item: dict, arrival_us: int) -> Optional[int]:
-    """When a chat's next turn may be sent in a timed replay: its recorded
-    time, or its recorded think time after the earlier turn finished here
-    (None while that turn runs)."""
-    earlier = follows.get(item.get("rid")) if item["type"] == "generate" else None
-    if earlier is None:
-        return arrival_us
-    rec = probe.recording
-    req = rec.req_of_rid.get(earlier[0])
-    if req is None or req in rec.live or req in rec.pending:
-        return None
-    done = rec.finished_at.get(req)
-    return arrival_us if done is None else max(arrival_us, round((done + earlier[1]) * 1000))
+class _Release:
+    """When a timed replay may send a request that has reached its recorded
+    time (scheduler/timed.py asks; None: not yet):
+    - a chat's next turn: its recorded think time after the earlier turn
+      finished here, and not while that turn runs;
+    - with `limit` (a closed-loop client such as bench_serving
+      --max-concurrency keeps that many in flight): not while `limit`
+      requests sent here have not finished."""
+
+    def __init__(self, probe, follows: dict, limit: Optional[int]) -> None:
+        self.probe = probe
+        self.follows = follows
+        self.limit = limit
+        self.sent = 0
+
+    def __call__(self, item: dict, arrival_us: int) -> Optional[int]:
+        if item["type"] != "generate":
+            return arrival_us
+        rec = self.probe.recording
+        when = arrival_us
+        earlier = self.follows.get(item.get("rid"))
+        if earlier is not None:
+            req = rec.req_of_rid.get(earlier[0])
+            if req is None or req in rec.live or req in rec.pending:
+                return None
+            done = rec.finished_at.get(req)
+            if done is not None:
+                when = max(arrival_us, round((done + earlier[1]) * 1000))
+        if self.limit is not None:
+            if self.sent - len(rec.finished_at) >= self.limit:
+                return None
+            when = max(when, rec.clock.now_us)
+        self.sent += 1
+        return when
 
 
 def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> None:

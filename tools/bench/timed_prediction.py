@@ -189,6 +189,8 @@ def predict(out: str) -> None:
     header = read_header(a)
     bench = json.loads(Path(out, "bench.json").read_text())
     sizes = {phase: int(bench["a"][phase]["completed"]) for phase in ("below", "saturated")}
+    # bench_serving keeps this many in flight at saturation: a closed loop
+    in_flight = TRAFFIC["cuda" if header.device.type == "cuda" else "cpu"][3][1]
     recorded_s = header_seconds(a)
     pool = EnginePool(max_live=1)
     rows = []
@@ -204,8 +206,8 @@ def predict(out: str) -> None:
                 time.sleep(2.5)
             predicted = os.path.join(out, f"predicted-{target}.sglt")
             started = time.monotonic()
-            replay_trace(engine, a, predicted, overrides={"skip_model": True, "engine_args": engine_args},
-                         cost=model)
+            replay_trace(engine, a, predicted, cost=model, overrides={
+                "skip_model": True, "engine_args": engine_args, "max_in_flight": in_flight})
             modelled_s = time.monotonic() - started
             real = phases(trace_of(out, target), sizes)
             guess = phases(predicted, sizes)
