@@ -89,7 +89,11 @@ def problems(args: str) -> list[str]:
     """What is wrong with `sgl-replay ARGS` as the pages show it: an unknown
     command, or an option the command does not have. Placeholders in
     brackets and `a|b` alternatives are fine; their options are checked too."""
-    words = shlex.split(args.replace("[", " ").replace("]", " ").replace("|", " "))
+    plain = args.replace("[", " ").replace("]", " ").replace("|", " ")
+    try:
+        words = shlex.split(plain)
+    except ValueError:  # an apostrophe in prose around the command
+        words = plain.split()
     if not words:
         return ["no command"]
     if words[0].startswith("-"):
@@ -159,7 +163,7 @@ def test_every_relative_link_leads_somewhere(page):
 
 def test_the_command_table_lists_every_command_and_only_commands():
     readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(r"^\| `sgl-replay ([a-z][\w-]*)", readme, re.M))
+    listed = set(re.findall(r"^\| `sgl-replay ([a-z][\w-]*)", readme, re.MULTILINE))
     # latency and cost are listed before they exist; once main has them they
     # count like the rest
     pending = {name for name in COMMANDS_BEING_WRITTEN if name not in main.commands}
@@ -168,9 +172,9 @@ def test_the_command_table_lists_every_command_and_only_commands():
 
 def test_the_readme_holds_the_setup_commands_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    install = next(l for l in ci if l.startswith("python3 -m venv"))
+    install = next(line for line in ci if line.startswith("python3 -m venv"))
     install = install.split(" || ")[0]  # .ci/run's own failure handling
-    tests = next(l for l in ci if l.startswith(".venv/bin/python -m pytest"))
+    tests = next(line for line in ci if line.startswith(".venv/bin/python -m pytest"))
     shown = code_lines((ROOT / "README.md").read_text())
     assert install in shown and tests in shown
 
