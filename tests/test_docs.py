@@ -16,14 +16,6 @@ from sgl_replay.cli import main
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# The lead is writing this page; README.md and docs/README.md link to it
-# already. Remove the exception once docs/timed-replay.md exists.
-PAGES_BEING_WRITTEN = frozenset({ROOT / "docs" / "timed-replay.md"})
-
-# Commands the README's table lists before they land (the lead's timed-replay
-# work adds them): checked like every other command once `main` has them.
-COMMANDS_BEING_WRITTEN = {"latency", "cost"}
-
 # `sgl-replay ...`, `.venv/bin/sgl-replay ...`, after env assignments and
 # the wrappers the pages use (`time`, `git bisect run`).
 _INVOCATION = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:time\s+|git bisect run\s+)?(?:\S*/)?sgl-replay\s+(.*)$")
@@ -103,8 +95,6 @@ def problems(args: str) -> list[str]:
     elif words[0] == "COMMAND":  # the placeholder: what every command takes
         name, rest = "every command", words[1:]
         known = set.intersection(*(_option_names(c) for c in main.commands.values()))
-    elif words[0] in COMMANDS_BEING_WRITTEN:
-        return []  # not in main yet: checked like the others once it is
     else:
         return [f"unknown command {words[0]!r}"]
     flags = [w.split("=", 1)[0] for w in rest if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", w)]
@@ -158,16 +148,13 @@ def test_every_command_shown_parses(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_leads_somewhere(page):
-    assert not broken_links(page, PAGES_BEING_WRITTEN)
+    assert not broken_links(page)
 
 
 def test_the_command_table_lists_every_command_and_only_commands():
     readme = (ROOT / "README.md").read_text()
     listed = set(re.findall(r"^\| `sgl-replay ([a-z][\w-]*)", readme, re.MULTILINE))
-    # latency and cost are listed before they exist; once main has them they
-    # count like the rest
-    pending = {name for name in COMMANDS_BEING_WRITTEN if name not in main.commands}
-    assert listed - pending == set(main.commands)
+    assert listed == set(main.commands)
 
 
 def test_the_readme_holds_the_setup_commands_ci_runs():

@@ -650,7 +650,6 @@ def _run_by_modelled_clock(ctx, imported: Imported, payload) -> Generator:
         raise RuntimeError("clock modeled: the recording has no cost model (record --cost FILE)")
 
     def feed(request: Request, arrival_us: int) -> None:
-        recording.fed_at[request.rid] = arrival_us / 1000
         _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
                                       predicate=lambda obj, rid=request.rid: getattr(obj, "rid", None) == rid,
                                       description=f"request with rid {request.rid!r}")

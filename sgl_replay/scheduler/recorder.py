@@ -266,9 +266,7 @@ class Recording:
         header = msgspec.structs.replace(header, timing=self.timing)
         self._arrivals: list[float] = []
         self._after_idle = False
-        # a timed replay's inputs: rid -> the recorded time it was fed for;
-        # and req -> when it finished, on the modelled clock
-        self.fed_at: dict[str, float] = {}
+        # a timed replay: req -> when it finished, on the modelled clock
         self.finished_at: dict[int, float] = {}
         self._outputs: list = []
         self._idle = False  # this iteration ran no batch and processed no result
@@ -328,14 +326,9 @@ class Recording:
             elif item["type"] == "abort":
                 self._saw_abort = True
             self._inputs.append(item)
-        if self.timed:
-            if self.clock is None:
-                pulled = round((time.monotonic() - self.started) * 1000, 3)
-                self._arrivals.extend(pulled for _ in items)
-            else:
-                fed_at, pulled = self.fed_at, self.clock.ms
-                self._arrivals.extend(fed_at.pop(x.get("rid"), pulled) if x["type"] == "generate" else pulled
-                                      for x in items)
+        if self.timed:  # when the scheduler pulled it: where sglang stamps a request's arrival too
+            pulled = round((time.monotonic() - self.started) * 1000, 3) if self.clock is None else self.clock.ms
+            self._arrivals.extend(pulled for _ in items)
 
     def on_batch(self, batch) -> None:
         reqs = batch.reqs

@@ -224,8 +224,6 @@ def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> No
         req = rec.req_of_rid.get(item.get("rid"))
         if req is None or (req not in rec.live and req not in rec.pending):
             return
-    if item["type"] == "generate":
-        rec.fed_at[item["rid"]] = arrival_us / 1000
     _feed(probe, poster, base_url, item)
 
 

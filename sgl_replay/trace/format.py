@@ -22,8 +22,8 @@ array of records (maps). The header is the first frame's only block.
               "ms":        when this iteration ended, in ms since the
                            recording started, on every iteration written
                            (timed recordings only: see "timing" below)
-              "arrivals":  [ms, ...] parallel to "inputs": when each input
-                           reached the scheduler (timed recordings only)
+              "arrivals":  [ms, ...] parallel to "inputs": when the scheduler
+                           pulled each (timed recordings only)
               "after_idle": true when the scheduler had nothing to do as
                            this iteration began (timed recordings only)}
     end      {"t": "end", "complete": bool, "reason": str | None,
@@ -33,11 +33,13 @@ array of records (maps). The header is the first frame's only block.
               iterations that ran a forward batch (captures only)}
 
 A timed recording (header "timing") keeps time: one whose inputs came by
-the wall clock (a capture, serve, --clock wall: "clock": "wall"; arrivals are
-the times the scheduler pulled them, which is also when sglang stamps a
-request's wait_queue_entry_time) or a replay or recording on the modelled
-clock ("clock": "modeled", with the cost model in "cost": arrivals are the
-recorded times each input was fed for, and "ms" the virtual clock). Per
+the wall clock (a capture, serve, --clock wall: "clock": "wall") or a replay
+or recording on the modelled clock ("clock": "modeled", with the cost model
+in "cost"; "ms" is the virtual clock). Arrivals are when the scheduler
+pulled each input, on either clock (sglang stamps a request's
+wait_queue_entry_time there too): a modelled replay feeds an input at its
+recorded time and the scheduler pulls it at the next iteration boundary, as
+the real one did. Per
 request TTFT, inter-token latency and end-to-end latency follow from the
 trace alone (sgl_replay/timing/latency.py). Other recordings keep no time:
 they are pure functions of their inputs.
