@@ -41,12 +41,13 @@ READY_TIMEOUT_S = 300
 SERVER_ARGS = {k: v for k, v in DEFAULT_ENGINE_ARGS.items() if k not in ("skip_tokenizer_init", "sampling_backend")}
 SERVER_ARGS["sampling_backend"] = "pytorch"
 SERVER_ENV = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python", "PYTHONUNBUFFERED": "1"}
-# Client-measured latency minus the capture's, per request (ms): a token is
+# Client-measured latency minus the capture's, per request: a token is
 # stamped at the end of the loop iteration that sent it, a little after it
-# left the scheduler, so the client may see it slightly before; the HTTP,
-# tokenizer and detokenizer hops of this 2-core machine (shared by the
-# server's three processes and the client) add tens of ms.
-GAP_BELOW_MS, GAP_MEDIAN_MS, GAP_MAX_MS = 30.0, 150.0, 1000.0
+# left the scheduler, so the client may see it up to GAP_BELOW_MS sooner;
+# the HTTP, tokenizer and detokenizer hops (on 2 cores shared by the
+# server's three processes and the client) are at most OUTSIDE_SHARE of
+# what the client measures, at the median.
+GAP_BELOW_MS, OUTSIDE_SHARE = 30.0, 0.5
 
 
 def _free_port() -> int:
@@ -235,32 +236,34 @@ def test_capture_replays_with_zero_divergence(captured):
 
 def test_latency_of_the_capture_is_what_bench_serving_measured_less_the_time_outside_the_scheduler(captured):
     """Per request, `sgl-replay latency` of the capture against sglang's own
-    bench_serving for the same requests (matched by prompt and output
-    length, in send order): TTFT and E2E (its TTFT plus its inter-token
-    gaps). The client's figures add the time outside the scheduler (HTTP,
-    tokenizer, detokenizer, streaming, and the wait for the scheduler's next
-    pull), so the difference is never much below zero and stays small."""
+    bench_serving for the same requests: TTFT, and E2E (its TTFT plus its
+    inter-token gaps). The client's figures add the time outside the
+    scheduler (HTTP, tokenizer, detokenizer, streaming, and the wait for the
+    scheduler's next pull), so the difference is never much below zero and
+    is a small part of what the client measured. Requests pair up in send
+    order: bench_serving's 64 follow its warm-up request (a copy of its
+    first), matched by prompt and output length."""
     traces, result, _, _, _ = captured
     with TraceReader(str(traces[0])) as reader:
         records = list(reader.iterations())
     prompt = {x["rid"]: len(x["input_ids"]) // 4 for r in records for x in r.inputs if x["type"] == "generate"}
     times = latency.of_trace(str(traces[0])).summary()["per_request"]
-    ours = [(prompt[rid], t["output_len"], t) for rid, t in times.items()]  # in pull order
-    used: set[int] = set()
-    gaps_ttft, gaps_e2e = [], []
-    for n_in, n_out, ttft, itls in zip(result["input_lens"], result["output_lens"], result["ttfts"], result["itls"]):
-        k = next(k for k, (a, b, _) in enumerate(ours) if k not in used and (a, b) == (n_in, n_out))
-        used.add(k)
-        gaps_ttft.append(ttft * 1000 - ours[k][2]["ttft_ms"])
-        gaps_e2e.append((ttft + sum(itls)) * 1000 - ours[k][2]["e2e_ms"])
-    assert len(gaps_ttft) == 64
-    gaps_ttft.sort()
-    gaps_e2e.sort()
-    print(f"bench_serving - sgl-replay latency, ms: TTFT median {gaps_ttft[32]:.1f} "
-          f"[{gaps_ttft[0]:.1f}, {gaps_ttft[-1]:.1f}]; E2E median {gaps_e2e[32]:.1f} "
-          f"[{gaps_e2e[0]:.1f}, {gaps_e2e[-1]:.1f}]")
-    for gaps in (gaps_ttft, gaps_e2e):
-        assert gaps[0] > -GAP_BELOW_MS and gaps[32] < GAP_MEDIAN_MS and gaps[-1] < GAP_MAX_MS, gaps
+    ours = [((prompt[rid], t["output_len"]), t) for rid, t in times.items()]  # in pull order
+    sent = list(zip(zip(result["input_lens"], result["output_lens"]), result["ttfts"], result["itls"]))
+    assert len(sent) == 64
+    start = max(range(len(ours) - len(sent) + 1),
+                key=lambda j: sum(ours[j + k][0] == key for k, (key, _, _) in enumerate(sent)))
+    pairs = [(ours[start + k][1], ttft, itls) for k, (key, ttft, itls) in enumerate(sent) if ours[start + k][0] == key]
+    assert len(pairs) >= 60  # a request or two may be pulled out of send order
+    for name, client, mine in (
+            ("TTFT", [ttft * 1000 for _, ttft, _ in pairs], [t["ttft_ms"] for t, _, _ in pairs]),
+            ("E2E", [(ttft + sum(itls)) * 1000 for _, ttft, itls in pairs], [t["e2e_ms"] for t, _, _ in pairs])):
+        gaps = sorted(c - m for c, m in zip(client, mine))
+        median_client = sorted(client)[len(client) // 2]
+        print(f"{name}: bench_serving median {median_client:.1f} ms; bench_serving - sgl-replay latency: median "
+              f"{gaps[len(gaps) // 2]:.1f} ms, from {gaps[0]:.1f} to {gaps[-1]:.1f} ms")
+        assert gaps[0] > -GAP_BELOW_MS, gaps
+        assert gaps[len(gaps) // 2] < OUTSIDE_SHARE * median_client, (gaps, median_client)
 
 
 def test_multi_turn_reuses_the_cached_prefix(captured):
