@@ -32,7 +32,8 @@ def engines(sgl_replay_engines):
 # stops the least recently used one to make room (sgl_replay/pytest_plugin.py),
 # so a configuration whose users are spread over the session starts again
 # after each eviction. Tests run in these groups, in collection order within
-# each; a module not named here starts no pool engine and runs first.
+# each; a module not named here runs first (one that uses the pool belongs
+# in a group: the group of the configurations it uses).
 #   1. the record configurations: default, 1,024-token KV pool, two slots
 #      (test_record records every built-in workload for the session)
 #   2. their other users, and the default replay configuration
@@ -44,6 +45,7 @@ def engines(sgl_replay_engines):
 ENGINE_GROUPS = {
     "test_record.py": 1,
     "test_bisect.py": 2, "test_cli.py": 2, "test_engine.py": 2, "test_public_traces.py": 2,
+    "test_timed.py": 2,
     "test_minimize.py": 4,
     "test_replay.py": 5, "goldens.toml": 5,
     "test_gpu_traces.py": 6, "test_capture.py": 6,
