@@ -37,6 +37,10 @@ class _State:
         self._suite = None
         self.manifests: dict[Path, list] = {}  # manifest dir -> goldens declared
         self.ran: set[tuple[Path, str]] = set()
+        self.started_by: list[tuple[str, int, int]] = []  # (test, engine starts, restarts) where any
+
+    def starts(self) -> tuple[int, int]:
+        return (0, 0) if self._pool is None else (self._pool.starts, self._pool.restarts)
 
     @property
     def pool(self):
@@ -153,6 +157,20 @@ def sgl_replay_engines(pytestconfig):
     return pytestconfig.stash[_STATE].pool
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]):
+    """Which test started which engines: a restart is a configuration the
+    pool had stopped to make room (the order of tests decides how many)."""
+    state = item.config.stash[_STATE]
+    starts, restarts = state.starts()
+    try:
+        return (yield)
+    finally:
+        now, now_restarts = state.starts()
+        if now > starts:
+            state.started_by.append((item.nodeid, now - starts, now_restarts - restarts))
+
+
 def _unused(state: _State) -> list[Path]:
     """Unused traces, only in suites whose every golden ran (a -k or a
     deselection leaves the rest alone, as syrupy does)."""
@@ -180,6 +198,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
+    if state is not None and state.started_by:
+        _engine_starts_summary(terminalreporter, state)
     if state is None or state._suite is None and not getattr(state, "unused", None):
         return
     tr = terminalreporter
@@ -196,3 +216,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line("remove them, or run pytest --sgl-replay-update to delete them")
     if state._suite is not None:  # the summary line last, where CI logs are read
         tr.write_line(state.suite.summary())
+
+
+def _engine_starts_summary(tr, state: _State) -> None:
+    """The session's engine starts (each is 25-60 s on a 2-core machine) and
+    the tests that paid for them; with -v, every such test."""
+    starts, restarts = state.starts()
+    tr.write_sep("-", "sgl-replay engine pool")
+    for nodeid, n, again in state.started_by:
+        if again or tr.config.option.verbose > 0:
+            tr.write_line(f"{n} engine starts ({again} restarts): {nodeid}")
+    tr.write_line(f"sgl-replay engine pool: {starts} engine starts, {restarts} restarts of a configuration "
+                  f"it had stopped")

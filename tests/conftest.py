@@ -28,6 +28,41 @@ def engines(sgl_replay_engines):
     return sgl_replay_engines
 
 
+# The order tests run in. The session's pool keeps at most 5 engines and
+# stops the least recently used one to make room (sgl_replay/pytest_plugin.py),
+# so a configuration whose users are spread over the session starts again
+# after each eviction. Tests run in these groups, in collection order within
+# each; a module not named here runs first (one that uses the pool belongs
+# in a group: the group of the configurations it uses).
+#   1. the record configurations: default, 1,024-token KV pool, two slots
+#      (test_record records every built-in workload for the session)
+#   2. their other users, and the default replay configuration
+#   3. the tweaks engine (tests/plugins' sched_tweaks): every test that uses it
+#   4. minimize: the KV-pool and tweaked replay configurations, a changed argument
+#   5. the replay configurations: default, KV pool, two slots, a changed knob;
+#      the goldens
+#   6. single-use configurations: the GPU traces' on CPU, the plain servers' captures
+ENGINE_GROUPS = {
+    "test_record.py": 1,
+    "test_bisect.py": 2, "test_cli.py": 2, "test_engine.py": 2, "test_public_traces.py": 2,
+    "test_timed.py": 2,
+    "test_minimize.py": 4,
+    "test_replay.py": 5, "goldens.toml": 5,
+    "test_gpu_traces.py": 6, "test_capture.py": 6,
+}
+TWEAKS_GROUP = 3
+TWEAKS_FIXTURES = {"tweaks_engine", "tweak_baseline", "served"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> int:
+        if TWEAKS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            return TWEAKS_GROUP
+        return ENGINE_GROUPS.get(item.path.name, 0)
+
+    items.sort(key=group)  # stable: collection order within a group
+
+
 def builtin_config(name: str, **overrides) -> EngineConfig:
     return EngineConfig.embedded(engine_args={**BUILTIN[name].engine_args, **overrides})
 

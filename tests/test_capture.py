@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from sgl_replay.runs.check import check
 from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
 from sgl_replay.runs.export import export, trace_requests
 from sgl_replay.runs.replay import engine_config_for, replay_trace
@@ -219,14 +220,20 @@ def test_capture_is_written_and_complete(captured):
     assert "length" in reasons
 
 
-def test_capture_replays_with_zero_divergence(captured):
+def _check(engines, trace: Path, observed: Path) -> tuple[int, dict]:
+    """What `sgl-replay check TRACE --json -o OBSERVED` exits with and prints,
+    from check() on the session's shared engines (tests/test_cli.py runs the
+    command itself): both captures replay on one engine."""
+    verdict = check(str(trace), pool=engines, observed=str(observed))
+    return int(verdict.exit_code), verdict.to_plain(str(trace), str(observed))
+
+
+def test_capture_replays_with_zero_divergence(captured, engines):
     """`sgl-replay check` on the capture: the embedded CPU engine sized to the
     recorded vocabulary and context, the recorded tokens forced."""
     traces, *_, tmp = captured
-    proc = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "check", str(traces[0]), "--json",
-                           "-o", str(tmp / "replay.sglt")], capture_output=True, text=True, timeout=600)
-    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + proc.stderr
+    code, verdict = _check(engines, traces[0], tmp / "replay.sglt")
+    assert code == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + (verdict["message"] or "")
     result = verdict["diff"]
     assert result["level"] == "full" and not result["not_comparable"]
     assert result["iterations_compared"] > 100 and result["forwards_compared"] > 50
@@ -362,7 +369,7 @@ def _arrivals_and_lengths(path, n: int) -> tuple[list, list]:
     return arrivals, [lengths.get(k) for k in range(n)]
 
 
-def test_same_traffic_recorded_twice_differs_and_each_replays(captured, captured_again):
+def test_same_traffic_recorded_twice_differs_and_each_replays(captured, captured_again, engines):
     """Real sampling and real timing: the second recording of the same
     traffic differs from the first (arrival iterations or output lengths),
     it came in a chain of files, and the chain replays as one run."""
@@ -371,10 +378,8 @@ def test_same_traffic_recorded_twice_differs_and_each_replays(captured, captured
     links = sorted(record_dir.glob("*.sglt"))
     assert len(links) >= 2 and links[0].name.endswith(".0000.sglt")
     assert _arrivals_and_lengths(traces[0], 65) != _arrivals_and_lengths(record_dir, 65)
-    proc = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "check", str(record_dir), "--json",
-                           "-o", str(tmp / "replay.sglt")], capture_output=True, text=True, timeout=600)
-    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + proc.stderr
+    code, verdict = _check(engines, record_dir, tmp / "replay.sglt")
+    assert code == 0 and verdict["verdict"] == "same", "\n".join(verdict["report"]) + (verdict["message"] or "")
     assert verdict["diff"]["level"] == "full" and verdict["diff"]["forwards_compared"] > 50
 
 

@@ -33,8 +33,11 @@ _spec = importlib.util.spec_from_file_location("fuzz_traces", ROOT / "tools" / "
 fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)
 
-RANDOM_CASES = 9_000  # with the boundary sweep and the rest: over 10,000 cases, about a minute here
-SLICES = 8
+# The seeded cases find an exception other than TraceError escaping the
+# reader (a decoder error class left out of what the reader catches) within
+# their first 700; tools/fuzz_traces.py runs as many more as it is given time.
+RANDOM_CASES = 3_000
+SLICES = 3
 
 
 @pytest.fixture(scope="module")

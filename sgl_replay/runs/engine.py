@@ -561,6 +561,8 @@ class EnginePool:
         self._extra_sys_path = extra_sys_path
         self.max_live = max_live
         self.starts = 0
+        self.restarts = 0  # starts of a configuration started before (stopped to make room, or dead)
+        self._started: set[str] = set()
 
     def get(self, config: EngineConfig) -> Engine:
         key = config.key()
@@ -573,6 +575,8 @@ class EnginePool:
                 self._engines.pop(next(iter(self._engines))).stop()
             engine = Engine.start(config, extra_sys_path=self._extra_sys_path)
             self.starts += 1
+            self.restarts += key in self._started
+            self._started.add(key)
         self._engines[key] = engine
         return engine
 
