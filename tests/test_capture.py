@@ -212,6 +212,11 @@ def test_capture_is_written_and_complete(captured):
     assert header.model.eos_token_ids == [2]
     assert header.engine_args["sampling_backend"] == "pytorch"
     assert header.not_replayable == []
+    # it kept time: every iteration it holds (every one that ran a batch among them) says when it
+    # ended, every input when it was pulled
+    assert header.timing is not None and header.timing.clock == "wall"
+    assert sum(1 for r in records if r.batches) > 100
+    assert all(r.ms is not None for r in records) and all(len(r.arrivals) == len(r.inputs) for r in records)
     finished = {f[0]: f for r in records for f in r.finished}
     outputs = {o[0]: unpack_ids(o[1]) for r in records for o in r.outputs}
     assert set(outputs) == set(finished)
