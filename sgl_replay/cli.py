@@ -239,7 +239,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
 
 def _check_trace_fits(spec, config) -> None:
     """A trace row too long for the engine after scaling: exit 2 before it starts."""
-    from sgl_replay.scheduler import public_traces
+    from sgl_replay.traffic import public_traces
 
     if config.model_config is None:
         return  # a real model: the scheduler checks against its own context length

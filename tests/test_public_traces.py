@@ -20,7 +20,7 @@ from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.export import BlockIds, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
-from sgl_replay.scheduler import public_traces as pt
+from sgl_replay.traffic import public_traces as pt
 from sgl_replay.scheduler import workloads
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import pack_ids, unpack_ids

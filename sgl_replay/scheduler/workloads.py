@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Optional
 
-from sgl_replay.scheduler import public_traces
+from sgl_replay.traffic import public_traces
 from sgl_replay.trace.format import Workload as WorkloadSpec
 
 DRAIN_MAX_ITERS = 100_000  # a workload that never drains is a bug, not a wait
