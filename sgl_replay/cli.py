@@ -497,7 +497,7 @@ def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_m
     """Write TRACE's requests as a public serving-trace file: arrival (recorded
     time or the virtual clock), input and output lengths, and (mooncake)
     prefix hash ids."""
-    from sgl_replay.runs.export import export
+    from sgl_replay.convert.export import export
 
     result = export(trace, output, fmt=fmt, block_size=block_size, iteration_ms=iteration_ms)
     left = f" ({result.unfinished} unfinished requests left out)" if result.unfinished else ""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sgl_replay.cli import main
 from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.runs.export import BlockIds, export, in_order_of_first_appearance
+from sgl_replay.convert.export import BlockIds, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
 from sgl_replay.traffic import public_traces as pt
 from sgl_replay.scheduler import workloads
