@@ -225,7 +225,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
         raw = output + ".unredacted" if redacted else output
         end = record_workload(engine, spec, raw, argv=sys.argv[1:])
     if redacted:
-        from sgl_replay.runs.redact import redact
+        from sgl_replay.convert.redact import redact
 
         try:
             redact(raw, output)
@@ -623,7 +623,7 @@ def redact_trace(trace: str, output: str) -> None:
     are, and credential settings removed. Its replay has the same
     consequences as the original's."""
     from sgl_replay.runs.capture import check_writable
-    from sgl_replay.runs.redact import redact
+    from sgl_replay.convert.redact import redact
 
     check_writable(output)
     figures = redact(trace, output)

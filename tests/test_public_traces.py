@@ -426,7 +426,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
 def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_path):
     """No engine: a hand-made capture-like trace (prompts with shared
     prefixes, recorded outputs, an EOS), redacted."""
-    from sgl_replay.runs.redact import redact
+    from sgl_replay.convert.redact import redact
     from sgl_replay.trace.format import Header, Iteration, Model, hash_ids, pack_ids, unpack_ids
     from sgl_replay.trace.writer import TraceWriter
     from sgl_replay.trace.format import End
@@ -473,7 +473,7 @@ def test_the_trie_keeps_every_common_prefix_and_every_reserved_id(sequences, ste
     length, every pairwise common-prefix length and every reserved id; no
     other id is left as it was mapped to a reserved one; mapping a sequence
     again gives the same ids."""
-    from sgl_replay.runs.redact import TokenTrie
+    from sgl_replay.convert.redact import TokenTrie
 
     sequences = [sequences[stem % len(sequences)][:k % 9] + s for k, s in enumerate(sequences)]
     trie = TokenTrie(64, {0, 1, 2, 40})
@@ -488,7 +488,7 @@ def test_the_trie_keeps_every_common_prefix_and_every_reserved_id(sequences, ste
 
 
 def test_the_trie_refuses_more_distinct_tokens_than_it_may_hold():
-    from sgl_replay.runs.redact import TokenTrie
+    from sgl_replay.convert.redact import TokenTrie
     from sgl_replay.trace.reader import TraceError
 
     trie = TokenTrie(64, {0, 1, 2}, max_tokens=10)
@@ -501,7 +501,7 @@ def test_the_trie_refuses_more_distinct_tokens_than_it_may_hold():
 def test_redacting_a_hostile_trace_is_one_trace_error(tmp_path):
     """An output for a request that never arrived, or a vocabulary size of a
     billion in the header: a TraceError, and no vocabulary-sized list."""
-    from sgl_replay.runs.redact import redact
+    from sgl_replay.convert.redact import redact
     from sgl_replay.trace.format import End, Header, Iteration, Model, pack_ids
     from sgl_replay.trace.reader import TraceError
     from sgl_replay.trace.writer import TraceWriter
@@ -539,7 +539,7 @@ def test_record_redact_writes_only_the_redacted_trace_and_keeps_the_recording_if
     swapped for the pool's engine of the same configuration)."""
     import contextlib
 
-    from sgl_replay.runs import redact as redact_module
+    from sgl_replay.convert import redact as redact_module
     from sgl_replay.runs.engine import Engine
 
     engine = engines.get(EngineConfig.embedded())
