@@ -640,7 +640,7 @@ def export_test(trace: str, output: str) -> None:
     """Write TRACE as a pytest file for SGLang's scripted-runtime harness: the
     same inputs at the same iterations, asserting the batches, finishes,
     retractions and cached tokens the trace recorded. It needs only sglang."""
-    from sgl_replay.runs.export_test import export_test as run_export
+    from sgl_replay.convert.export_test import export_test as run_export
 
     figures = run_export(trace, output)
     click.echo(f"{output}: {figures['inputs']} inputs, {figures['iterations']} iterations, "

@@ -10,7 +10,7 @@ import pytest
 from conftest import TESTS, read, rid_table
 from sgl_replay.runs.check import Outcome
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.runs.export_test import export_test
+from sgl_replay.convert.export_test import export_test
 from sgl_replay.runs.minimize import ddmin, minimize
 from sgl_replay.runs.record import record_workload
 from sgl_replay.scheduler.workloads import KV_PRESSURE_ARGS
