@@ -199,7 +199,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     from sgl_replay.runs.capture import check_writable
     from sgl_replay.runs.engine import Engine, EngineConfig, device_args
     from sgl_replay.runs.record import record_workload
-    from sgl_replay.scheduler import workloads as specs
+    from sgl_replay.traffic import specs
 
     trace_options = {k: v for k, v in trace_options.items() if v is not None}
     try:
@@ -257,7 +257,7 @@ def _check_trace_fits(spec, config) -> None:
 @main.command()
 def workloads() -> None:
     """List the built-in workloads."""
-    from sgl_replay.scheduler.workloads import BUILTIN
+    from sgl_replay.traffic.specs import BUILTIN
 
     for w in BUILTIN.values():
         args = " ".join(f"{k}={v}" for k, v in w.engine_args.items())

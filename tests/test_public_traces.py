@@ -21,7 +21,7 @@ from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.convert.export import BlockIds, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
 from sgl_replay.traffic import public_traces as pt
-from sgl_replay.scheduler import workloads
+from sgl_replay.traffic import specs
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import pack_ids, unpack_ids
 from sgl_replay.views import write_timeline
@@ -264,20 +264,20 @@ def test_a_row_of_a_trillion_tokens_is_named_not_cut_into_blocks(tmp_path):
 
 
 def test_specs(tmp_path):
-    spec = workloads.parse(f"mooncake:{SLICE}?limit=3&token-scale={SCALE}", options={"limit": 2})
+    spec = specs.parse(f"mooncake:{SLICE}?limit=3&token-scale={SCALE}", options={"limit": 2})
     assert spec.kind == "public" and spec.options["limit"] == 2
     assert spec.options["token_scale"] == 0.03125 and spec.options["block_size"] == 512
     assert spec.path == str(SLICE) and len(spec.sha256) == 64
     assert spec.description.startswith("2 requests of mooncake trace mooncake_slice.jsonl")
     with pytest.raises(ValueError, match="unknown option 'speed'"):
-        workloads.parse(f"azure:{AZURE}?speed=2")
+        specs.parse(f"azure:{AZURE}?speed=2")
     with pytest.raises(ValueError, match="option clock: 'sundial'; expected one of virtual, wall"):
-        workloads.parse(f"azure:{AZURE}", options={"clock": "sundial"})
-    assert workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}?clock=wall"))
-    assert not workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}"))
+        specs.parse(f"azure:{AZURE}", options={"clock": "sundial"})
+    assert specs.by_wall_clock(specs.parse(f"azure:{AZURE}?clock=wall"))
+    assert not specs.by_wall_clock(specs.parse(f"azure:{AZURE}"))
     with pytest.raises(ValueError, match="apply to mooncake:FILE"):
-        workloads.parse("kv_pressure", options={"limit": 2})
-    assert workloads.parse("tests.scripts:x").kind == "script"  # other module:function specs
+        specs.parse("kv_pressure", options={"limit": 2})
+    assert specs.parse("tests.scripts:x").kind == "script"  # other module:function specs
 
 
 def test_cli_bad_input_exits_2_and_records_nothing(tmp_path):
@@ -303,7 +303,7 @@ def test_hash_chains_number_prefixes_in_order_of_first_appearance():
 # ------------------------------------------------------------------ engine
 @pytest.fixture(scope="module")
 def slice_recording(engines, tmp_path_factory):
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE})
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE})
     root = tmp_path_factory.mktemp("public")
     out = str(root / "slice.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, out)
@@ -377,7 +377,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
     """--clock wall: each request goes over HTTP when the wall clock reaches
     its (scaled) arrival time, and the scheduler pulls it whenever it does;
     the iterations that pulled inputs keep their time, which export reads."""
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
                                                          "clock": "wall"})
     imported = pt.load("mooncake", spec.path, spec.options)
     out = str(tmp_path / "wall.sglt")

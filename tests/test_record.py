@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from conftest import builtin_config, forwards, read, rid_table
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.capture import CaptureFailed
 from sgl_replay.runs.record import record_workload
