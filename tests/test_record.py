@@ -253,8 +253,9 @@ def test_credentials_are_written_redacted():
     URLs with a user or password, are written as <redacted>."""
     from sglang.srt.server_args import ServerArgs
 
+    from sgl_replay.credentials import redact
     from sgl_replay.job import REDACTED
-    from sgl_replay.scheduler.header import _field_names, redact
+    from sgl_replay.scheduler.header import _field_names
 
     secrets = {name for name in _field_names(ServerArgs) if redact(name, "value") == REDACTED}
     assert secrets == {"api_key", "admin_api_key", "ssl_keyfile_password", "watermark_key", "watermark_key_b"}
