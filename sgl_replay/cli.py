@@ -45,7 +45,7 @@ def _errors_to_exit_codes(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from sgl_replay.runs.capture import CaptureFailed
-        from sgl_replay.runs.engine import BadEngineArgs, EngineError
+        from sgl_replay.runs.errors import BadEngineArgs, EngineError
 
         try:
             return fn(*args, **kwargs)

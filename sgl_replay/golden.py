@@ -29,7 +29,8 @@ from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines
 from sgl_replay.runs.check import Outcome as CheckOutcome
 from sgl_replay.runs.check import check
-from sgl_replay.runs.engine import EngineConfig, EnginePool
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.trace.format import Workload

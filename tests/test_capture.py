@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS
 from sgl_replay.convert.export import export, trace_requests
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.format import End

@@ -222,8 +222,8 @@ def test_plugin_is_inert_in_a_plain_scripted_runtime_engine(recorded, tmp_path, 
     import psutil
 
     from sglang.test.scripted_runtime.http_server import ScriptedHttpServer
-    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
-
+    from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS
     from sgl_replay.runs.engine import DEFAULT_ENGINE_ENV
 
     for key, value in DEFAULT_ENGINE_ENV.items():
