@@ -622,8 +622,8 @@ def redact_trace(trace: str, output: str) -> None:
     the sequences share (what the radix cache sees), EOS and stop ids as they
     are, and credential settings removed. Its replay has the same
     consequences as the original's."""
-    from sgl_replay.runs.capture import check_writable
     from sgl_replay.convert.redact import redact
+    from sgl_replay.runs.capture import check_writable
 
     check_writable(output)
     figures = redact(trace, output)

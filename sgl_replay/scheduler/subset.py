@@ -19,8 +19,8 @@ import msgspec
 
 from sgl_replay.job import Job
 from sgl_replay.scheduler.header import build_header
-from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.scheduler.poster import shared_poster
+from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, feed
 
 SCRIPT = "sgl_replay.scheduler.subset:record_subset"
