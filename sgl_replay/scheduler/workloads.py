@@ -184,7 +184,7 @@ def generator(ctx, workload: WorkloadSpec) -> Generator:
     raise ValueError(f"unknown workload kind {workload.kind!r}")
 
 
-def public_trace(ctx, workload: WorkloadSpec) -> Generator:
+def public_trace(ctx, workload) -> Generator:
     """The scripted workload: each request with its exact prompt at its
     virtual-clock iteration (the recording is a pure function of the file and
     the options), or, with clock "wall", sent over HTTP when the wall clock
