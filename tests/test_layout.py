@@ -20,6 +20,7 @@ not by importing; an import inside a function counts like one at the top.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "sgl_replay"
@@ -158,6 +159,21 @@ def test_every_built_in_workload_has_its_script():
     from sgl_replay.traffic.specs import BUILTIN
 
     assert list(BUILTIN_SCRIPTS) == list(BUILTIN)
+
+
+def test_the_scheduler_entries_the_parent_names_exist():
+    """The parent names what the engine runs by strings (job.py's scripts,
+    minimize's subset script, the sglang plugin entry point in pyproject):
+    each names a function defined at the top of its module."""
+    texts = [PACKAGE / "job.py", PACKAGE / "runs" / "minimize.py", PACKAGE.parent / "pyproject.toml"]
+    named = {m for path in texts
+             for m in re.findall(r"[\"'](sgl_replay\.scheduler\.[a-z_.]+:[a-z_]+)[\"']", path.read_text())}
+    assert {"sgl_replay.scheduler.scripts:record", "sgl_replay.scheduler.scripts:replay",
+            "sgl_replay.scheduler.subset:record_subset", "sgl_replay.scheduler.plugin:register"} <= named
+    for entry in named:
+        module, _, function = entry.partition(":")
+        tree = ast.parse(PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py").read_text())
+        assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, entry
 
 
 # ------------------------------------------------------------------ the checks can fail
