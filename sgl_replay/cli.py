@@ -45,7 +45,7 @@ def _errors_to_exit_codes(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from sgl_replay.runs.capture import CaptureFailed
-        from sgl_replay.runs.engine import BadEngineArgs, EngineError
+        from sgl_replay.runs.errors import BadEngineArgs, EngineError
         from sgl_replay.timing.model import CostModelError
 
         try:
@@ -235,7 +235,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
     from sgl_replay.runs.capture import check_writable
     from sgl_replay.runs.engine import Engine, EngineConfig, device_args
     from sgl_replay.runs.record import record_workload
-    from sgl_replay.scheduler import workloads as specs
+    from sgl_replay.traffic import specs
 
     trace_options = {k: v for k, v in trace_options.items() if v is not None}
     cost_path = trace_options.pop("cost", None)
@@ -269,7 +269,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
         raw = output + ".unredacted" if redacted else output
         end = record_workload(engine, spec, raw, argv=sys.argv[1:], cost=cost)
     if redacted:
-        from sgl_replay.runs.redact import redact
+        from sgl_replay.convert.redact import redact
 
         try:
             redact(raw, output)
@@ -283,7 +283,7 @@ def record(workload: str, output: str, model_path: Optional[str], device: Option
 
 def _check_trace_fits(spec, config) -> None:
     """A trace row too long for the engine after scaling: exit 2 before it starts."""
-    from sgl_replay.scheduler import public_traces
+    from sgl_replay.traffic import public_traces
 
     if config.model_config is None:
         return  # a real model: the scheduler checks against its own context length
@@ -301,7 +301,7 @@ def _check_trace_fits(spec, config) -> None:
 @main.command()
 def workloads() -> None:
     """List the built-in workloads."""
-    from sgl_replay.scheduler.workloads import BUILTIN
+    from sgl_replay.traffic.specs import BUILTIN
 
     for w in BUILTIN.values():
         args = " ".join(f"{k}={v}" for k, v in w.engine_args.items())
@@ -548,7 +548,7 @@ def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_m
     """Write TRACE's requests as a public serving-trace file: arrival (recorded
     time or the virtual clock), input and output lengths, and (mooncake)
     prefix hash ids."""
-    from sgl_replay.runs.export import export
+    from sgl_replay.convert.export import export
 
     result = export(trace, output, fmt=fmt, block_size=block_size, iteration_ms=iteration_ms)
     left = f" ({result.unfinished} unfinished requests left out)" if result.unfinished else ""
@@ -741,8 +741,8 @@ def redact_trace(trace: str, output: str) -> None:
     the sequences share (what the radix cache sees), EOS and stop ids as they
     are, and credential settings removed. Its replay has the same
     consequences as the original's."""
+    from sgl_replay.convert.redact import redact
     from sgl_replay.runs.capture import check_writable
-    from sgl_replay.runs.redact import redact
 
     check_writable(output)
     figures = redact(trace, output)
@@ -759,7 +759,7 @@ def export_test(trace: str, output: str) -> None:
     """Write TRACE as a pytest file for SGLang's scripted-runtime harness: the
     same inputs at the same iterations, asserting the batches, finishes,
     retractions and cached tokens the trace recorded. It needs only sglang."""
-    from sgl_replay.runs.export_test import export_test as run_export
+    from sgl_replay.convert.export_test import export_test as run_export
 
     figures = run_export(trace, output)
     click.echo(f"{output}: {figures['inputs']} inputs, {figures['iterations']} iterations, "

@@ -29,12 +29,13 @@ from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines
 from sgl_replay.runs.check import Outcome as CheckOutcome
 from sgl_replay.runs.check import check
-from sgl_replay.runs.engine import EngineConfig, EnginePool
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.replay import engine_config_for, replay_trace
-from sgl_replay.scheduler import workloads
 from sgl_replay.trace.format import Workload
 from sgl_replay.trace.reader import TraceReader
+from sgl_replay.traffic import specs
 from sgl_replay.views import write_report
 
 MANIFEST = "goldens.toml"
@@ -60,7 +61,7 @@ class Golden:
         return self.workload.description or ""
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig.embedded(engine_args={**workloads.engine_args_of(self.workload),
+        return EngineConfig.embedded(engine_args={**specs.engine_args_of(self.workload),
                                                   **self.engine_args})
 
 
@@ -88,7 +89,7 @@ def load_manifest(directory: Path) -> list[Golden]:
         if unknown:
             raise ManifestError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
         try:
-            workload = workloads.parse(entry["workload"], duration_s=entry.get("duration"),
+            workload = specs.parse(entry["workload"], duration_s=entry.get("duration"),
                                        idle_s=entry.get("idle_timeout"),
                                        description=entry.get("description"))
         except ValueError as e:
@@ -168,7 +169,7 @@ class GoldenSuite:
                 config = engine_config_for(reader.header, device=self.device)
             replay_trace(self.pool.get(config), str(golden.path), str(fresh))
         else:
-            client = workloads.resolve(golden.client) if golden.client else None
+            client = specs.resolve(golden.client) if golden.client else None
             record_workload(self.pool.get(golden.engine_config()), golden.workload, str(fresh),
                             client=client)
         if not golden.path.exists():

@@ -45,7 +45,7 @@ class _State:
     @property
     def pool(self):
         if self._pool is None:
-            from sgl_replay.runs.engine import EnginePool
+            from sgl_replay.runs.pool import EnginePool
 
             self._pool = EnginePool(extra_sys_path=self.pythonpath, max_live=5)
         return self._pool

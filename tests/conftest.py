@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.record import record_workload
-from sgl_replay.scheduler.workloads import BUILTIN, KV_PRESSURE_ARGS
+from sgl_replay.traffic.specs import BUILTIN, KV_PRESSURE_ARGS
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import Batch, Iteration
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from sgl_replay.convert.export import export, trace_requests
 from sgl_replay.runs.check import check
-from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
-from sgl_replay.runs.export import export, trace_requests
+from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.timing import latency
 from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import TESTS, cli_env, interruptible, read
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.record import record_workload
 

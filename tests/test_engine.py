@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sgl_replay.runs.engine import Engine, EngineConfig, EngineError
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.errors import EngineError
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 START_GUARD_S = 150  # far below sglang's own 300 s handshake wait
@@ -124,7 +125,7 @@ def test_the_control_channel_is_a_socket_only_this_user_can_reach(engines):
 
 
 def test_the_model_cache_is_private(tmp_path, monkeypatch):
-    from sgl_replay.runs.engine import EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
 
     monkeypatch.setenv("SGLREPLAY_CACHE", str(tmp_path / "cache"))
     model = Path(write_model_dir(EMBEDDED_MODEL_CONFIG))

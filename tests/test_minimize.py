@@ -10,11 +10,11 @@ import pytest
 from conftest import TESTS, read, rid_table
 from sgl_replay.runs.check import Outcome
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.runs.export_test import export_test
+from sgl_replay.convert.export_test import export_test
 from sgl_replay.runs.minimize import ddmin, minimize
 from sgl_replay.runs.record import record_workload
-from sgl_replay.scheduler.workloads import KV_PRESSURE_ARGS
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import KV_PRESSURE_ARGS
+from sgl_replay.traffic.specs import parse as parse_workload
 
 
 def test_ddmin_finds_a_one_minimal_subset():

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from sgl_replay.cli import main
 from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.runs.export import BlockIds, export, in_order_of_first_appearance
+from sgl_replay.convert.export import BlockIds, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
-from sgl_replay.scheduler import public_traces as pt
-from sgl_replay.scheduler import workloads
+from sgl_replay.traffic import public_traces as pt
+from sgl_replay.traffic import specs
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import pack_ids, unpack_ids
 from sgl_replay.views import write_timeline
@@ -264,20 +264,20 @@ def test_a_row_of_a_trillion_tokens_is_named_not_cut_into_blocks(tmp_path):
 
 
 def test_specs(tmp_path):
-    spec = workloads.parse(f"mooncake:{SLICE}?limit=3&token-scale={SCALE}", options={"limit": 2})
+    spec = specs.parse(f"mooncake:{SLICE}?limit=3&token-scale={SCALE}", options={"limit": 2})
     assert spec.kind == "public" and spec.options["limit"] == 2
     assert spec.options["token_scale"] == 0.03125 and spec.options["block_size"] == 512
     assert spec.path == str(SLICE) and len(spec.sha256) == 64
     assert spec.description.startswith("2 requests of mooncake trace mooncake_slice.jsonl")
     with pytest.raises(ValueError, match="unknown option 'speed'"):
-        workloads.parse(f"azure:{AZURE}?speed=2")
+        specs.parse(f"azure:{AZURE}?speed=2")
     with pytest.raises(ValueError, match="option clock: 'sundial'; expected one of virtual, wall"):
-        workloads.parse(f"azure:{AZURE}", options={"clock": "sundial"})
-    assert workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}?clock=wall"))
-    assert not workloads.by_wall_clock(workloads.parse(f"azure:{AZURE}"))
+        specs.parse(f"azure:{AZURE}", options={"clock": "sundial"})
+    assert specs.by_wall_clock(specs.parse(f"azure:{AZURE}?clock=wall"))
+    assert not specs.by_wall_clock(specs.parse(f"azure:{AZURE}"))
     with pytest.raises(ValueError, match="apply to mooncake:FILE"):
-        workloads.parse("kv_pressure", options={"limit": 2})
-    assert workloads.parse("tests.scripts:x").kind == "script"  # other module:function specs
+        specs.parse("kv_pressure", options={"limit": 2})
+    assert specs.parse("tests.scripts:x").kind == "script"  # other module:function specs
 
 
 def test_cli_bad_input_exits_2_and_records_nothing(tmp_path):
@@ -303,7 +303,7 @@ def test_hash_chains_number_prefixes_in_order_of_first_appearance():
 # ------------------------------------------------------------------ engine
 @pytest.fixture(scope="module")
 def slice_recording(engines, tmp_path_factory):
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE})
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE})
     root = tmp_path_factory.mktemp("public")
     out = str(root / "slice.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, out)
@@ -377,7 +377,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
     """--clock wall: each request goes over HTTP when the wall clock reaches
     its (scaled) arrival time, and the scheduler pulls it whenever it does;
     the recording keeps when each request was pulled, which export reads."""
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
                                                          "clock": "wall"})
     imported = pt.load("mooncake", spec.path, spec.options)
     out = str(tmp_path / "wall.sglt")
@@ -428,7 +428,7 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
 def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_path):
     """No engine: a hand-made capture-like trace (prompts with shared
     prefixes, recorded outputs, an EOS), redacted."""
-    from sgl_replay.runs.redact import redact
+    from sgl_replay.convert.redact import redact
     from sgl_replay.trace.format import Header, Iteration, Model, hash_ids, pack_ids, unpack_ids
     from sgl_replay.trace.writer import TraceWriter
     from sgl_replay.trace.format import End
@@ -475,7 +475,7 @@ def test_the_trie_keeps_every_common_prefix_and_every_reserved_id(sequences, ste
     length, every pairwise common-prefix length and every reserved id; no
     other id is left as it was mapped to a reserved one; mapping a sequence
     again gives the same ids."""
-    from sgl_replay.runs.redact import TokenTrie
+    from sgl_replay.convert.redact import TokenTrie
 
     sequences = [sequences[stem % len(sequences)][:k % 9] + s for k, s in enumerate(sequences)]
     trie = TokenTrie(64, {0, 1, 2, 40})
@@ -490,7 +490,7 @@ def test_the_trie_keeps_every_common_prefix_and_every_reserved_id(sequences, ste
 
 
 def test_the_trie_refuses_more_distinct_tokens_than_it_may_hold():
-    from sgl_replay.runs.redact import TokenTrie
+    from sgl_replay.convert.redact import TokenTrie
     from sgl_replay.trace.reader import TraceError
 
     trie = TokenTrie(64, {0, 1, 2}, max_tokens=10)
@@ -503,7 +503,7 @@ def test_the_trie_refuses_more_distinct_tokens_than_it_may_hold():
 def test_redacting_a_hostile_trace_is_one_trace_error(tmp_path):
     """An output for a request that never arrived, or a vocabulary size of a
     billion in the header: a TraceError, and no vocabulary-sized list."""
-    from sgl_replay.runs.redact import redact
+    from sgl_replay.convert.redact import redact
     from sgl_replay.trace.format import End, Header, Iteration, Model, pack_ids
     from sgl_replay.trace.reader import TraceError
     from sgl_replay.trace.writer import TraceWriter
@@ -541,7 +541,7 @@ def test_record_redact_writes_only_the_redacted_trace_and_keeps_the_recording_if
     swapped for the pool's engine of the same configuration)."""
     import contextlib
 
-    from sgl_replay.runs import redact as redact_module
+    from sgl_replay.convert import redact as redact_module
     from sgl_replay.runs.engine import Engine
 
     engine = engines.get(EngineConfig.embedded())

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from conftest import builtin_config, forwards, read, rid_table
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.capture import CaptureFailed
 from sgl_replay.runs.record import record_workload
@@ -222,8 +222,8 @@ def test_plugin_is_inert_in_a_plain_scripted_runtime_engine(recorded, tmp_path, 
     import psutil
 
     from sglang.test.scripted_runtime.http_server import ScriptedHttpServer
-    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
-
+    from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS
     from sgl_replay.runs.engine import DEFAULT_ENGINE_ENV
 
     for key, value in DEFAULT_ENGINE_ENV.items():
@@ -253,8 +253,9 @@ def test_credentials_are_written_redacted():
     URLs with a user or password, are written as <redacted>."""
     from sglang.srt.server_args import ServerArgs
 
+    from sgl_replay.credentials import redact
     from sgl_replay.job import REDACTED
-    from sgl_replay.scheduler.header import _field_names, redact
+    from sgl_replay.scheduler.header import _field_names
 
     secrets = {name for name in _field_names(ServerArgs) if redact(name, "value") == REDACTED}
     assert secrets == {"api_key", "admin_api_key", "ssl_keyfile_password", "watermark_key", "watermark_key_b"}

@@ -13,8 +13,8 @@ from sgl_replay.diff.report import text_lines
 from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.replay import replay_trace
-from sgl_replay.scheduler.workloads import BUILTIN
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import BUILTIN
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.trace import FORMAT_VERSION, TraceReader
 from sgl_replay.trace.format import Iteration
 

@@ -21,13 +21,13 @@ from sgl_replay.runs.check import check
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.replay import engine_config_for, replay_trace
-from sgl_replay.scheduler import public_traces as pt
-from sgl_replay.scheduler import workloads
 from sgl_replay.timing import latency
 from sgl_replay.timing.fit import cost_for, mismatch
 from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, CostModelError, Source, Tracker, load
 from sgl_replay.trace import TraceReader
-from sgl_replay.trace.format import Header, Iteration, Batch, Resolved, Timing
+from sgl_replay.trace.format import Batch, Header, Iteration, Resolved, Timing
+from sgl_replay.traffic import public_traces as pt
+from sgl_replay.traffic import specs
 
 TESTS = Path(__file__).parent
 SLICE = TESTS / "data" / "mooncake_slice.jsonl"
@@ -57,7 +57,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def wall_recording(engines, tmp_path_factory):
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "time_scale": "0.5",
                                                          "clock": "wall"})
     out = str(tmp_path_factory.mktemp("timed") / "wall.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, out)
@@ -150,7 +150,7 @@ def test_a_recording_on_the_modelled_clock_replays_its_batches(engines, tmp_path
     """`record mooncake:... --clock modeled --cost C`, replayed on the
     modelled clock with the cost model it carries: the same batches at
     --level composition, the same latency to the microsecond."""
-    spec = workloads.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "clock": "modeled"})
+    spec = specs.parse(f"mooncake:{SLICE}", options={"token_scale": SCALE, "clock": "modeled"})
     recorded = str(tmp_path / "modelled-record.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, recorded, cost=COST)
     header, records = body(recorded)

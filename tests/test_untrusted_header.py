@@ -9,7 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, DEFAULT_ENGINE_ENV, EMBEDDED_MODEL_CONFIG
+from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG
+from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, DEFAULT_ENGINE_ENV
 from sgl_replay.runs.replay import engine_config_for, replay_plan
 from sgl_replay.trace import TraceReader
 from sgl_replay.trace.format import Header

@@ -12,7 +12,8 @@ import os
 from typing import Optional
 
 from sgl_replay.job import Job
-from sgl_replay.runs.engine import Engine, EngineDied, EngineError, ScriptFailed, ScriptTimedOut
+from sgl_replay.runs.engine import Engine
+from sgl_replay.runs.errors import EngineDied, EngineError, ScriptFailed, ScriptTimedOut
 from sgl_replay.trace.format import End, Source, Workload
 from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.trace.writer import seal_incomplete

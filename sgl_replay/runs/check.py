@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence
 from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines, to_plain
 from sgl_replay.runs.capture import CaptureFailed
-from sgl_replay.runs.engine import BadEngineArgs, EngineConfig, EngineError, EnginePool
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.errors import BadEngineArgs, EngineError
+from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.timing import latency
 from sgl_replay.timing.model import CostModel

@@ -10,7 +10,9 @@ whole process tree in about a second (upstream's shutdown waits 60 s).
 
 The parent imports sglang only for the harness's message classes
 (`run_script`, `stop`), not at start: a CLI that reads traces stays quick.
-`python -m sgl_replay.runs.engine SPEC` is the engine's own main process.
+The engine's own main process is sgl_replay.runs.child; the embedded model
+it loads is sgl_replay.runs.embedded_model; EnginePool (sgl_replay.runs.pool)
+shares engines by configuration.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sgl_replay.job import ACTIVE_ENV
+from sgl_replay.runs.child import EXIT_BAD_ENGINE_ARGS
+from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+from sgl_replay.runs.errors import BadEngineArgs, EngineDied, EngineError, ScriptFailed, ScriptTimedOut
 
 ENGINE_READY_TIMEOUT_S = 300.0  # start-up plus sglang's warmup request
 POLL_INTERVAL_S = 0.2  # how often a wait checks that the engine is alive
@@ -46,26 +50,6 @@ PORT_TAKEN_MARKER = "error while attempting to bind on address"
 PORT_ATTEMPTS = 3
 WORKER_FAILURE_MARKER = "hit an exception"  # "Scheduler hit an exception: <traceback>"
 KEEP_ALIVE_S = 24 * 3600
-EXIT_BAD_ENGINE_ARGS = 3  # the child's exit status when ServerArgs rejects its kwargs
-
-# A GPT-2-architecture model small enough for a laptop CPU. GPT-2 has no rotary
-# embedding (rotary layers reach for vllm on CPU in sglang 0.5.23). With
-# load_format=dummy the weights are seeded, and with token_oracle sampling the
-# output tokens are a hash of (rid, position): the same on every device.
-EMBEDDED_MODEL_NAME = "tiny-gpt2"
-EMBEDDED_MODEL_CONFIG: dict[str, Any] = {
-    "architectures": ["GPT2LMHeadModel"],
-    "model_type": "gpt2",
-    "n_embd": 64,
-    "n_head": 4,
-    "n_layer": 2,
-    "n_positions": 4096,
-    "n_ctx": 4096,
-    "vocab_size": 1024,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "torch_dtype": "float32",
-}
 
 # What the embedded CPU engine needs (README, "Facts about sglang 0.5.23");
 # every key can be overridden with --engine-arg. max_total_tokens pins the KV pool so that
@@ -106,16 +90,6 @@ def device_args(device: str) -> dict[str, Any]:
     return dict(DEVICE_ARGS.get(device, {"device": device}))
 
 
-class EngineError(Exception):
-    """The engine could not do what was asked; `exit_code` is for the CLI."""
-
-    exit_code = 125
-
-
-class BadEngineArgs(EngineError):
-    exit_code = 2
-
-
 class _PortTaken(EngineError):
     """The HTTP port went to another process before the server bound it."""
 
@@ -125,22 +99,6 @@ class _DiedSilently(EngineError):
     workers log WORKER_FAILURE_MARKER when they raise): killed from outside,
     seen once in this suite, cause unknown. Tried once more; a second silent
     death is reported."""
-
-
-class EngineDied(EngineError):
-    exit_code = 1
-
-
-class ScriptTimedOut(EngineError):
-    """The script did not finish within its deadline; it is still running."""
-
-
-class ScriptFailed(Exception):
-    """The script raised inside the scheduler; carries its traceback."""
-
-    def __init__(self, traceback: str) -> None:
-        super().__init__(traceback.strip().splitlines()[-1] if traceback.strip() else "script failed")
-        self.traceback = traceback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,94 +135,6 @@ class EngineConfig:
         if self.model_config is not None:
             args["model_path"] = write_model_dir(self.model_config)
         return args
-
-
-def write_model_dir(config: dict[str, Any]) -> str:
-    """A directory holding only config.json; its name is the content's hash, so
-    the same config always lands in the same place. It lives in a cache of
-    this user's own (0700, ownership checked): the engine loads what is there."""
-    blob = json.dumps(config, sort_keys=True, indent=1)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    path = _private_dir(cache_root()) / "models" / f"{EMBEDDED_MODEL_NAME}-{digest}"
-    if not (path / "config.json").exists():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # an exclusive new file, then a rename: no name another process could plant
-        fd, tmp = tempfile.mkstemp(dir=path, prefix="config.json.")
-        with os.fdopen(fd, "w") as f:
-            f.write(blob)
-        os.replace(tmp, path / "config.json")
-    for name, text in _tokenizer_files(config).items():
-        if not (path / name).exists():
-            fd, tmp = tempfile.mkstemp(dir=path, prefix=f"{name}.")
-            with os.fdopen(fd, "w") as f:
-                f.write(text())
-            os.replace(tmp, path / name)
-    return str(path)
-
-
-def _tokenizer_files(config: dict[str, Any]) -> dict[str, Any]:
-    """A tokenizer for the embedded model (tokenizer.json and
-    tokenizer_config.json beside config.json), written without a download,
-    so that a plain server of it takes text and sglang's bench_serving can
-    drive it: one word per token id ("<unk>" 0, "<s>" 1, "</s>" 2, then "t3"
-    ...), split on whitespace, decoded joined by spaces. Every id decodes to
-    text that encodes back to it; nothing is added around a prompt."""
-    vocab_size = int(config.get("vocab_size", EMBEDDED_MODEL_CONFIG["vocab_size"]))
-    specials = ["<unk>", "<s>", "</s>"]
-
-    def tokenizer_json() -> str:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-        vocab = {word: i for i, word in enumerate(specials)}
-        vocab.update({f"t{i}": i for i in range(len(specials), vocab_size)})
-        tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-        tokenizer.add_special_tokens(specials)
-        return tokenizer.to_str()
-
-    def tokenizer_config() -> str:
-        return json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
-                           "eos_token": "</s>", "unk_token": "<unk>",
-                           "model_max_length": int(config.get("n_positions", 4096)),
-                           "clean_up_tokenization_spaces": False}, indent=1)
-
-    return {"tokenizer.json": tokenizer_json, "tokenizer_config.json": tokenizer_config}
-
-
-def embedded_config_for(model) -> dict[str, Any]:
-    """config.json of the embedded model for replaying a trace whose header
-    has `model` (sgl_replay.trace.format.Model): the recorded config when the
-    trace ran on the embedded model; for a capture of another model, the
-    embedded architecture with the recorded vocabulary size (every recorded
-    token id valid), context length (every position valid) and EOS ids (the
-    recorded EOS finishes happen again)."""
-    if model.config is not None:
-        return dict(model.config)
-    config = dict(EMBEDDED_MODEL_CONFIG)
-    if model.vocab_size:
-        config["vocab_size"] = int(model.vocab_size)
-    if model.context_length:
-        config["n_positions"] = config["n_ctx"] = int(model.context_length)
-    eos = getattr(model, "eos_token_ids", None)
-    if eos:
-        config["eos_token_id"] = int(eos[0]) if len(eos) == 1 else [int(i) for i in eos]
-    return config
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SGLREPLAY_CACHE") or Path(tempfile.gettempdir()) / f"sgl-replay-{os.getuid()}")
-
-
-def _private_dir(path: Path) -> Path:
-    """`path`, created 0700 if missing; refused unless it is a directory of
-    this user's that nobody else can write to."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise EngineError(f"{path} is not a private directory of this user (owner, mode or a link); "
-                          f"remove it or set SGLREPLAY_CACHE")
-    return path
 
 
 # A unix socket's path must fit in sockaddr_un (108 bytes on Linux).
@@ -355,7 +225,7 @@ class Engine:
         })
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "sgl_replay.runs.engine", str(spec_path)],
+                [sys.executable, "-m", "sgl_replay.runs.child", str(spec_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True, cwd=os.getcwd())
         engine = cls(config, process, log_path, work_dir, zmq_ctx, sock, http_port)
@@ -550,42 +420,6 @@ class Engine:
         self.stop()
 
 
-class EnginePool:
-    """Engines by configuration, started on first use and shared after: a
-    test session or a golden run starts one engine per distinct config. At
-    most `max_live` run at once (an engine holds about 2 GB); the least
-    recently used one stops to make room."""
-
-    def __init__(self, extra_sys_path: tuple[str, ...] = (), max_live: int = 3) -> None:
-        self._engines: dict[str, Engine] = {}  # in order of last use
-        self._extra_sys_path = extra_sys_path
-        self.max_live = max_live
-        self.starts = 0
-        self.restarts = 0  # starts of a configuration started before (stopped to make room, or dead)
-        self._started: set[str] = set()
-
-    def get(self, config: EngineConfig) -> Engine:
-        key = config.key()
-        engine = self._engines.pop(key, None)
-        if engine is not None and not engine.alive():
-            engine.stop()
-            engine = None
-        if engine is None:
-            while len(self._engines) >= self.max_live:
-                self._engines.pop(next(iter(self._engines))).stop()
-            engine = Engine.start(config, extra_sys_path=self._extra_sys_path)
-            self.starts += 1
-            self.restarts += key in self._started
-            self._started.add(key)
-        self._engines[key] = engine
-        return engine
-
-    def close(self) -> None:
-        for engine in self._engines.values():
-            engine.stop()
-        self._engines.clear()
-
-
 def _pid_running(pid: int) -> bool:
     """A second look before calling a worker dead: a process list read while
     processes come and go can miss one that is alive."""
@@ -601,44 +435,3 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when the one that started it dies, however
-    it died; sglang's server then takes its own children down."""
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent was already gone
-        sys.exit(1)
-
-
-def _child_main(spec_path: str) -> None:
-    """The engine process: build ServerArgs (a rejection exits with
-    EXIT_BAD_ENGINE_ARGS and one line) and run sglang's HTTP server."""
-    _die_with_parent()
-    spec = json.loads(Path(spec_path).read_text())
-    # As sglang's own Engine does: plugins before ServerArgs, so that their
-    # hooks on argument resolution apply (launch_server loads them too late).
-    from sglang.srt.plugins import load_plugins
-
-    load_plugins()
-    from sglang.srt.server_args import ServerArgs
-
-    try:
-        server_args = ServerArgs(**spec["server_args"])
-    except Exception as e:  # noqa: BLE001 — any rejection is the user's argument
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{type(e).__name__}: {message}", flush=True)
-        sys.exit(EXIT_BAD_ENGINE_ARGS)
-    from sglang.srt.entrypoints.http_server import launch_server
-
-    launch_server(server_args)
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1])

@@ -29,7 +29,7 @@ import msgspec
 from sgl_replay.diff import Options
 from sgl_replay.runs.capture import CaptureFailed, run_capture
 from sgl_replay.runs.check import Outcome, Verdict, check, read_header
-from sgl_replay.runs.engine import EnginePool
+from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.replay import engine_config_for
 from sgl_replay.trace.format import Source, Workload
 from sgl_replay.trace.reader import TraceError, TraceReader

@@ -18,8 +18,8 @@ import msgspec
 
 from sgl_replay.job import REDACTED, REPLAY_SCRIPT
 from sgl_replay.runs.capture import run_capture
-from sgl_replay.runs.engine import (DEVICE_ARGS, EMBEDDED_MODEL_CONFIG, Engine, EngineConfig, device_args,
-                                    embedded_config_for)
+from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, embedded_config_for
+from sgl_replay.runs.engine import DEVICE_ARGS, Engine, EngineConfig, device_args
 from sgl_replay.timing.model import CostModel
 from sgl_replay.trace.format import (SCHEDULING_ARG_LIMITS, SCHEDULING_ARGS, SCHEDULING_ENV, End, Header,
                                      Source)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import re
 import sys
 from typing import Any, Optional
 
-from sgl_replay.job import REDACTED, Job
+from sgl_replay.credentials import redact, redact_argv
+from sgl_replay.job import Job
 from sgl_replay.trace.format import (SCHEDULING_ENV, Device, Header, Model, Pools, Resolved, Source,
                                      Versions, Workload)
 
@@ -65,23 +65,6 @@ def _nvidia_driver() -> str | None:
 
 # Set per run, not a knob.
 _NOT_KNOBS = {"SGLANG_RUN_ID"}
-
-# Settings that carry credentials are written as REDACTED: a trace gets shared.
-# In sglang 0.5.23: api_key, admin_api_key, ssl_keyfile_password, watermark_key,
-# watermark_key_b (tests/test_record.py lists them from ServerArgs).
-_SECRET_NAME = re.compile(r"(api_key|password|passwd|secret|credential|(^|_)key(_[a-z])?$|(^|_)(auth|access|hf|api|bearer)_token$)", re.I)
-_URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]+@", re.I)
-
-
-def redact(name: str, value: Any) -> Any:
-    """`value`, or REDACTED when the setting's name says it is a credential or
-    the value is a URL carrying a user name or password."""
-    if value in (None, "", False):
-        return value
-    if _SECRET_NAME.search(name) or (isinstance(value, str) and _URL_USERINFO.match(value)):
-        return REDACTED
-    return value
-
 
 def _field_names(server_args) -> list[str]:
     """ServerArgs' fields (an instance or the class): a msgspec Struct in
@@ -181,26 +164,6 @@ def _argv_of_server() -> Optional[list[str]]:
     except Exception:  # noqa: BLE001 — informational only
         return None
     return redact_argv(argv)
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """`argv` with the values of credential options (`--name=value` or
-    `--name value`) written as REDACTED."""
-    out, secret_next = [], False
-    for arg in argv:
-        if secret_next:
-            out.append(REDACTED)
-            secret_next = False
-            continue
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            name = name.replace("-", "_")
-            if eq:
-                arg = f"--{arg[2:].partition('=')[0]}={redact(name, value)}"
-            elif redact(name, "x") == REDACTED:
-                secret_next = True
-        out.append(arg)
-    return out
 
 
 def _eos_token_ids(scheduler) -> list[int]:

@@ -15,12 +15,9 @@ the same iteration as in the recording, and in the same order.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
-from concurrent.futures import Future
-from typing import Generator, Optional
+from typing import Generator
 
 import msgspec
 
@@ -28,11 +25,13 @@ from sgl_replay.job import Job
 from sgl_replay.scheduler import inputs as input_codec
 from sgl_replay.scheduler import oracle, skip_model, timed, workloads
 from sgl_replay.scheduler.header import build_header
+from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.timing.model import ModelledClock, from_builtins
 from sgl_replay.timing.turns import follow_ups
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
 from sgl_replay.trace.reader import TraceReader
+from sgl_replay.traffic import specs
 
 logger = logging.getLogger(__name__)
 
@@ -46,63 +45,12 @@ ARRIVAL_TIMEOUT_S = 5.0
 RESPONSES_DRAIN_S = 60.0
 
 
-class Poster:
-    """HTTP calls from inside the scheduler process, on a background event
-    loop with one long-lived session.
-
-    - The session is never closed under a pending call: the tokenizer manager
-      aborts a request whose client went away, by rid, and that abort would
-      land in whatever run came next.
-    - Every call gets a fresh connection: uvicorn drops keep-alive connections
-      idle for 5 s, and a call sent on one that is closing never arrives."""
-
-    def __init__(self) -> None:
-        import aiohttp
-
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="sgl-replay-poster", daemon=True).start()
-
-        async def make_session():
-            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                                         timeout=aiohttp.ClientTimeout(total=None))
-
-        self._session = asyncio.run_coroutine_threadsafe(make_session(), self._loop).result()
-        self._pending: set[Future] = set()
-        self.errors: list[str] = []
-
-    def post(self, url: str, body: Optional[dict]) -> None:
-        async def call() -> None:
-            try:
-                async with self._session.post(url, json=body) as response:
-                    await response.read()
-            except Exception as e:  # noqa: BLE001 — reported with the input that went missing
-                self.errors.append(f"{url}: {type(e).__name__}: {e}")
-
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-
-_poster: Optional[Poster] = None
-
-
-def shared_poster() -> Poster:
-    global _poster
-    if _poster is None:
-        _poster = Poster()
-    return _poster
-
-
 def record(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
     workload = workloads.generator(ctx, job.workload)
     yield from probe.settle()
     clock = ModelledClock(from_builtins(job.cost)) if job.cost is not None else None
-    probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=workloads.by_wall_clock(job.workload),
+    probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=specs.by_wall_clock(job.workload),
                 clock=clock)
     try:
         yield from workload
@@ -140,7 +88,7 @@ def replay(ctx, job: Job) -> Generator:
                     while probe.recording.next_i < record.i:
                         yield
                     for item in record.inputs:
-                        _feed(probe, poster, base_url, item)
+                        feed(probe, poster, base_url, item)
                 while probe.recording.next_i < recorded.end.iterations:
                     yield
         except Exception as e:
@@ -224,10 +172,12 @@ def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> No
         req = rec.req_of_rid.get(item.get("rid"))
         if req is None or (req not in rec.live and req not in rec.pending):
             return
-    _feed(probe, poster, base_url, item)
+    feed(probe, poster, base_url, item)
 
 
-def _feed(probe, poster, base_url: str, item: dict) -> None:
+def feed(probe, poster, base_url: str, item: dict) -> None:
+    """Send one recorded input through the engine's server and wait until it
+    sits in the recv proxy (a replay and a subset feed inputs alike)."""
     if item["type"] not in REPLAYABLE_INPUTS:
         logger.warning("sgl-replay: input %s cannot be replayed; skipped", item)
         return

@@ -19,8 +19,9 @@ import msgspec
 
 from sgl_replay.job import Job
 from sgl_replay.scheduler.header import build_header
+from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.scheduler.recorder import active_probe
-from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, _feed, shared_poster
+from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, feed
 
 SCRIPT = "sgl_replay.scheduler.subset:record_subset"
 
@@ -51,7 +52,7 @@ def _run(ctx, probe, poster, base_url, job, steps, limit) -> Generator:
             while probe.recording.next_i < i:
                 yield
             for item in items:
-                _feed(probe, poster, base_url, item)
+                feed(probe, poster, base_url, item)
         yield  # the last inputs are pulled
         while not ctx.is_fully_idle and probe.recording.next_i < limit:
             yield

@@ -3,37 +3,22 @@ ScriptedContext and yields once per scheduler loop iteration, exactly like the
 scripts of SGLang's own scripted tests. They run inside the scheduler
 process; a recording captures what they made the scheduler pull.
 
-A workload is named by a spec: a built-in name, `serve` (HTTP traffic from any
-client), or `module:function` (a user's script). `parse` is the one reader of
-that spec; the parent side calls it to fill the trace header's Workload,
-`generator` turns that Workload into the running script here.
-
-Each built-in carries the engine arguments its shape needs (a small chunk
-size, a small KV pool...); arguments given on the command line win.
-
-This module imports nothing of sglang, so the CLI can list workloads quickly.
+`generator` turns a Workload of the trace header (read from a spec by
+sgl_replay.traffic.specs, in the parent) into the running script: a
+built-in, `serve`, a user's `module:function`, or a public trace's requests.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import random
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Optional
+import time
+from typing import Callable, Generator
 
-from sgl_replay.scheduler import public_traces
+from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.trace.format import Workload as WorkloadSpec
+from sgl_replay.traffic import public_traces, specs
 
 DRAIN_MAX_ITERS = 100_000  # a workload that never drains is a bug, not a wait
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    description: str
-    fn: Callable[..., Generator]
-    engine_args: dict = field(default_factory=dict)
 
 
 def drain(ctx) -> Generator:
@@ -154,46 +139,23 @@ def flush_between_waves(ctx) -> Generator:
             yield
 
 
-# Workloads share engine settings where their shapes allow, so that a test
-# suite or a golden run starts few engines: the default (chunk 256), a small
-# KV pool, and two slots with priority scheduling.
-KV_PRESSURE_ARGS = {"max_total_tokens": 1024}
-TWO_SLOTS_ARGS = {"enable_priority_scheduling": True, "default_priority_value": 0,
-                  "max_running_requests": 2}
-
-BUILTIN: dict[str, Workload] = {w.name: w for w in (
-    Workload("chunked_prefill", "one 700-token prompt through 256-token chunked prefill",
-             chunked_prefill),
-    Workload("prefix_reuse", "three prompts sharing a 128-token prefix; the radix cache serves it",
-             prefix_reuse),
-    Workload("concurrent_decode", "64 concurrent requests, prompts 20..320, 8..31 new tokens",
-             concurrent_decode),
-    Workload("abort_mid_decode", "four decoding requests, one aborted after 6 tokens",
-             abort_mid_decode),
-    Workload("pause_retract", "four decoding requests paused (retract) for 5 iterations, then continued",
-             pause_retract),
-    Workload("pause_in_place", "four decoding requests paused (in_place) for 5 iterations, then continued",
-             pause_in_place),
-    Workload("kv_pressure", "16 requests that outgrow a 1024-token KV pool and force retraction",
-             kv_pressure, KV_PRESSURE_ARGS),
-    Workload("priority", "priority scheduling with two slots: a high-priority request overtakes",
-             priority, TWO_SLOTS_ARGS),
-    Workload("running_cap", "12 requests through max_running_requests=2", running_cap,
-             TWO_SLOTS_ARGS),
-    Workload("flush_between_waves", "three waves of four requests with flush_cache between them",
-             flush_between_waves),
-)}
+# The script of each built-in (sgl_replay.traffic.specs.BUILTIN says what each
+# one is and the engine arguments it needs).
+BUILTIN_SCRIPTS: dict[str, Callable[..., Generator]] = {fn.__name__: fn for fn in (
+    chunked_prefill, prefix_reuse, concurrent_decode, abort_mid_decode, pause_retract,
+    pause_in_place, kv_pressure, priority, running_cap, flush_between_waves)}
 
 
 IDLE_SLEEP_S = 0.002  # an idle serve loop sleeps this long per iteration instead of spinning
+# A public trace by the wall clock: a request that has not reached the
+# scheduler this long after the last one was sent is reported missing
+WALL_RESPONSES_S = 600.0
 
 
 def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> Generator:
     """Serve whatever HTTP traffic arrives, for `duration_s`, or until the
     engine has been idle for `idle_s` after serving at least one request.
     Every iteration is a real loop iteration; idle ones are not written."""
-    import time
-
     start = time.monotonic()
     last_busy = None
     while True:
@@ -209,73 +171,106 @@ def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> 
             return
 
 
-# ------------------------------------------------------------------ specs
-def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[float] = None,
-          description: Optional[str] = None, options: Optional[dict] = None) -> WorkloadSpec:
-    """The Workload a spec names; ValueError (a one-line message) when it
-    names none, or when serve's limits are missing or given to another kind.
-
-    `mooncake:FILE`, `azure:FILE` and `burstgpt:FILE` (optionally
-    `?limit=20&token_scale=0.02...`) name a public serving trace: the file is
-    read and checked here (a malformed row is the ValueError); `options`
-    (limit, start_ms, time_scale, token_scale, block_size, iteration_ms,
-    clock) win over the spec's."""
-    public = public_traces.split_spec(spec)
-    if public is not None:
-        if duration_s is not None or idle_s is not None:
-            raise ValueError("a duration and an idle timeout apply to `serve` only")
-        fmt, path, spec_options = public
-        given = {**spec_options, **{k: v for k, v in (options or {}).items() if v is not None}}
-        imported = public_traces.load(fmt, os.path.abspath(path), given)
-        return WorkloadSpec(kind="public", name=spec, path=imported.path, sha256=imported.sha256,
-                            options=imported.options,
-                            description=description or public_traces.description(imported))
-    if options:
-        kinds = ", ".join(f"{f}:FILE" for f in public_traces.FORMATS)
-        raise ValueError(f"trace import options apply to {kinds} only")
-    if spec == "serve":
-        if duration_s is None and idle_s is None:
-            raise ValueError("serve needs a duration and/or an idle timeout")
-        return WorkloadSpec(kind="serve", duration_s=duration_s, idle_s=idle_s, description=description)
-    if duration_s is not None or idle_s is not None:
-        raise ValueError("a duration and an idle timeout apply to `serve` only")
-    if spec in BUILTIN:
-        return WorkloadSpec(kind="builtin", name=spec, description=description or BUILTIN[spec].description)
-    module, sep, attr = spec.partition(":")
-    if sep and module and attr:
-        return WorkloadSpec(kind="script", name=spec, description=description)
-    raise ValueError(f"unknown workload {spec!r}; built-in workloads: {', '.join(BUILTIN)}; "
-                     f"or `serve`, or module:function, or mooncake:FILE, azure:FILE, burstgpt:FILE")
-
-
-def engine_args_of(workload: WorkloadSpec) -> dict:
-    """The engine arguments a built-in's shape needs (none for the others)."""
-    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" else {}
-
-
-def resolve(dotted: str) -> Any:
-    """`module:attr.attr` to the object it names (scripts, serve clients)."""
-    module, _, attr = dotted.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def by_wall_clock(workload: WorkloadSpec) -> bool:
-    """Whether `workload`'s inputs arrive when the wall clock says (serve
-    mode, a public trace with clock "wall"), not at scripted iterations."""
-    return workload.kind == "serve" or (workload.kind == "public" and (workload.options or {}).get("clock") == "wall")
-
-
 def generator(ctx, workload: WorkloadSpec) -> Generator:
     """The running script for `workload`, inside the scheduler."""
     if workload.kind == "builtin":
-        return BUILTIN[workload.name].fn(ctx)
+        return BUILTIN_SCRIPTS[workload.name](ctx)
     if workload.kind == "serve":
         return serve(ctx, duration_s=workload.duration_s, idle_s=workload.idle_s)
     if workload.kind == "script":
-        return resolve(workload.name)(ctx)
+        return specs.resolve(workload.name)(ctx)
     if workload.kind == "public":
-        return public_traces.run(ctx, workload)
+        return public_trace(ctx, workload)
     raise ValueError(f"unknown workload kind {workload.kind!r}")
+
+
+def public_trace(ctx, workload) -> Generator:
+    """The scripted workload: each request with its exact prompt at its
+    virtual-clock iteration (the recording is a pure function of the file and
+    the options), or, with clock "wall", sent over HTTP when the wall clock
+    reaches its arrival time, like live traffic: the scheduler pulls it in
+    whatever iteration it has reached, or, with clock "modeled", at its time
+    on the modelled clock. Then drain."""
+    from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_recv_msg
+
+    imported = public_traces.load(workload.options["format"], workload.path, workload.options,
+                                  expect_sha256=workload.sha256)
+    scheduler = ctx.scheduler
+    max_req_len = getattr(scheduler, "max_req_len", None)
+    if max_req_len is not None:  # what the parent checked, against the engine as it is
+        for r in imported.requests:
+            if r.input_len + r.output_len > max_req_len - 1 or r.input_len > max_req_len - 6:
+                raise ValueError(f"{imported.path}:{r.line}: {r.input_len} + {r.output_len} tokens "
+                                 f"do not fit this engine (max_req_len {max_req_len})")
+    def payload(request: public_traces.Request) -> dict:
+        return {"input_ids": imported.input_ids(request),
+                "sampling_params": {"max_new_tokens": request.output_len, "ignore_eos": True},
+                "rid": request.rid, "stream": True}
+
+    if imported.options["clock"] == "wall":
+        yield from _public_trace_by_wall_clock(ctx, imported, payload)
+        return
+    if imported.options["clock"] == "modeled":
+        yield from _public_trace_by_modelled_clock(ctx, imported, payload)
+        return
+    now = 0
+    for request in imported.requests:
+        while now < request.iteration:
+            yield
+            now += 1
+        rid = request.rid
+        _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
+                                      predicate=lambda obj, rid=rid: getattr(obj, "rid", None) == rid,
+                                      description=f"request with rid {rid!r}")
+    yield from drain(ctx)
+
+
+def _public_trace_by_modelled_clock(ctx, imported: public_traces.Imported, payload) -> Generator:
+    """Each request at its arrival time on the recording's modelled clock
+    (scheduler/timed.py): a prediction of this traffic's latency on the
+    server the cost model was fitted on."""
+    from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_recv_msg
+
+    from sgl_replay.scheduler import timed
+    from sgl_replay.scheduler.recorder import active_probe
+
+    recording = active_probe(ctx.scheduler).recording
+    if recording is None or recording.clock is None:
+        raise RuntimeError("clock modeled: the recording has no cost model (record --cost FILE)")
+
+    def feed(request: public_traces.Request, arrival_us: int) -> None:
+        _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
+                                      predicate=lambda obj, rid=request.rid: getattr(obj, "rid", None) == rid,
+                                      description=f"request with rid {request.rid!r}")
+
+    events = ((round(r.arrival_ms * 1000), r) for r in imported.requests)
+    yield from timed.run(ctx, recording.clock, events, feed)
+
+
+def _public_trace_by_wall_clock(ctx, imported: public_traces.Imported, payload) -> Generator:
+    """Post each request when the wall clock reaches its arrival time, without
+    waiting for it to arrive; turn the loop (sleeping when idle, as serve
+    does) until every response is back and the scheduler is idle."""
+    server_args = ctx.scheduler.server_args
+    url = f"http://{server_args.host}:{server_args.port}/generate"
+    poster = shared_poster()
+    errors_before = len(poster.errors)
+    start = time.monotonic()
+    for request in imported.requests:
+        due = start + float(request.arrival_ms) / 1000
+        while time.monotonic() < due:
+            if ctx.is_fully_idle:
+                time.sleep(min(IDLE_SLEEP_S, max(0.0, due - time.monotonic())))
+            yield
+        poster.post(url, payload(request))
+    deadline = time.monotonic() + WALL_RESPONSES_S
+    while poster.pending or not ctx.is_fully_idle:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{poster.pending} requests still unanswered {WALL_RESPONSES_S:g}s "
+                               f"after the last was sent")
+        if ctx.is_fully_idle:
+            time.sleep(IDLE_SLEEP_S)
+        yield
+    if len(poster.errors) > errors_before:
+        raise RuntimeError(f"{len(poster.errors) - errors_before} requests failed: {poster.errors[-1]}")
+    yield from drain(ctx)

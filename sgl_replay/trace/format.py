@@ -288,7 +288,7 @@ class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     # attention, ...), said at record time; `check` refuses such a trace.
     not_replayable: list[str] = msgspec.field(default_factory=list)
     segment: Optional[Segment] = None
-    # `sgl-replay redact` wrote it: every token id replaced (runs/redact.py)
+    # `sgl-replay redact` wrote it: every token id replaced (convert/redact.py)
     redacted: Optional[bool] = None
     # A timed recording: every written iteration carries "ms" (see above)
     timing: Optional[Timing] = None

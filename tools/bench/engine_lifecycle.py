@@ -21,7 +21,8 @@ import time
 
 import psutil
 
-from sgl_replay.runs.engine import Engine, EngineConfig, EngineError
+from sgl_replay.runs.engine import Engine, EngineConfig
+from sgl_replay.runs.errors import EngineError
 
 
 def main() -> None:

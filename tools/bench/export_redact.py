@@ -20,8 +20,8 @@ import tempfile
 import time
 import tracemalloc
 
-from sgl_replay.runs.export import export
-from sgl_replay.runs.redact import redact
+from sgl_replay.convert.export import export
+from sgl_replay.convert.redact import redact
 from sgl_replay.trace.format import End, Header, Iteration, Model, pack_ids
 from sgl_replay.trace.writer import TraceWriter
 

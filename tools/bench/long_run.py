@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from diff_throughput import timed_diff  # beside this script
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import Engine, EngineConfig
 from sgl_replay.runs.capture import partial_path
 from sgl_replay.runs.record import record_workload

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = str(ROOT / "tests" / "plugins")
 TESTS = str(ROOT / "tests")  # scripts.py
 
-from sgl_replay.runs.engine import EngineConfig, EnginePool  # noqa: E402
+from sgl_replay.runs.engine import EngineConfig  # noqa: E402
+from sgl_replay.runs.pool import EnginePool  # noqa: E402
 from sgl_replay.runs.minimize import NotDiverging, minimize  # noqa: E402
 from sgl_replay.runs.record import record_workload  # noqa: E402
-from sgl_replay.scheduler.workloads import parse  # noqa: E402
+from sgl_replay.traffic.specs import parse  # noqa: E402
 
 CASES = {
     # name: (workload, the recording's engine args, suspect engine args, tweak mode or None)

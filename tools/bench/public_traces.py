@@ -20,7 +20,7 @@ import tempfile
 import time
 import tracemalloc
 
-from sgl_replay.scheduler import public_traces as pt
+from sgl_replay.traffic import public_traces as pt
 from sgl_replay.trace import TraceReader
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import Engine, EngineConfig
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.engine import DEVICE_ARGS

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from sgl_replay.scheduler.workloads import parse as parse_workload
+from sgl_replay.traffic.specs import parse as parse_workload
 from sgl_replay.runs.engine import Engine, EngineConfig
 from sgl_replay.runs.record import record_workload
 from sgl_replay.trace import TraceReader

@@ -55,7 +55,8 @@ READY_S = 400
 
 # ------------------------------------------------------------------ capture
 def server_args(device: str) -> tuple[str, list[str]]:
-    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS, EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.embedded_model import EMBEDDED_MODEL_CONFIG, write_model_dir
+    from sgl_replay.runs.engine import DEFAULT_ENGINE_ARGS
 
     if device == "cuda":
         return write_model_dir(GPU_MODEL), GPU_ARGS
@@ -176,7 +177,7 @@ def phases(path: str, sizes: dict[str, int]) -> dict[str, dict]:
 
 def predict(out: str) -> None:
     from sgl_replay.runs.check import read_header
-    from sgl_replay.runs.engine import EnginePool
+    from sgl_replay.runs.pool import EnginePool
     from sgl_replay.runs.replay import engine_config_for, replay_trace
     from sgl_replay.timing import latency
     from sgl_replay.timing.fit import fit

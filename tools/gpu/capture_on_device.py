@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.request
 
-from sgl_replay.runs.engine import write_model_dir
+from sgl_replay.runs.embedded_model import write_model_dir
 
 MODEL = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 256, "n_head": 4,
          "n_layer": 2, "n_positions": 8192, "n_ctx": 8192, "vocab_size": 128256,

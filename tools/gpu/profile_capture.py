@@ -20,7 +20,7 @@ import threading
 import time
 
 from capture_on_device import MODEL, bench, start, stop, wait_ready
-from sgl_replay.runs.engine import write_model_dir
+from sgl_replay.runs.embedded_model import write_model_dir
 
 
 def scheduler_pid(proc: subprocess.Popen) -> int:

@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from sgl_replay.scheduler.public_traces import DEFAULT_BLOCK_SIZE, DEFAULT_ITERATION_MS
 from sgl_replay.trace.reader import TraceReader
+from sgl_replay.traffic.public_traces import DEFAULT_BLOCK_SIZE, DEFAULT_ITERATION_MS
 
 FORMATS = ("mooncake", "csv")
 

@@ -20,13 +20,14 @@ BurstGPT, which carry no prefix information) are a block of their own, unique
 to the row. Scaled block boundaries are round(j * block_size * token_scale),
 the same for every request.
 
-Parsing runs in the parent first (`load`, called by workloads.parse): a
+Parsing runs in the parent first (`load`, called by specs.parse): a
 malformed line or row is one ValueError naming the file, line and field. A
 file in time order is parsed only up to the last row the selection needs
 (a week of traffic, --limit 1000); one that is not is read whole and sorted.
 `check_fits` says which row does not fit the engine after scaling and the
-largest token scale that fits. The scheduler side (`run`) reads the file
-again, checks its SHA-256, and drives the requests.
+largest token scale that fits. The scheduler side
+(sgl_replay.scheduler.workloads.public_trace) loads the file again, checks
+its SHA-256, and drives the requests with the prompts built here.
 """
 
 from __future__ import annotations
@@ -39,15 +40,12 @@ import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Generator, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 FORMATS = ("mooncake", "azure", "burstgpt")
 DEFAULT_BLOCK_SIZE = 512  # Mooncake's block: one hash id covers 512 tokens
 DEFAULT_ITERATION_MS = 10.0  # one loop iteration of the virtual clock
 CLOCKS = ("virtual", "wall", "modeled")
-# --clock wall: a request that has not reached the scheduler this long after
-# the last one was sent is reported missing
-WALL_RESPONSES_S = 600.0
 # The embedded model's vocabulary: ids 0..2 are special (2 is EOS).
 FIRST_TOKEN = 3
 VOCAB_SIZE = 1024
@@ -591,102 +589,3 @@ def description(imported: Imported) -> str:
     if imported.skipped_failed:
         knobs.append(f"{imported.skipped_failed} failed requests skipped")
     return parts[0] + (f" ({', '.join(knobs)})" if knobs else "")
-
-
-# ------------------------------------------------------------------ scheduler side
-def run(ctx, workload) -> Generator:
-    """The scripted workload: each request with its exact prompt at its
-    virtual-clock iteration (the recording is a pure function of the file and
-    the options), or, with clock "wall", sent over HTTP when the wall clock
-    reaches its arrival time, like live traffic: the scheduler pulls it in
-    whatever iteration it has reached. Then drain."""
-    from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_recv_msg
-
-    from sgl_replay.scheduler.workloads import drain
-
-    imported = load(workload.options["format"], workload.path, workload.options,
-                    expect_sha256=workload.sha256)
-    scheduler = ctx.scheduler
-    max_req_len = getattr(scheduler, "max_req_len", None)
-    if max_req_len is not None:  # what the parent checked, against the engine as it is
-        for r in imported.requests:
-            if r.input_len + r.output_len > max_req_len - 1 or r.input_len > max_req_len - 6:
-                raise ValueError(f"{imported.path}:{r.line}: {r.input_len} + {r.output_len} tokens "
-                                 f"do not fit this engine (max_req_len {max_req_len})")
-    def payload(request: Request) -> dict:
-        return {"input_ids": imported.input_ids(request),
-                "sampling_params": {"max_new_tokens": request.output_len, "ignore_eos": True},
-                "rid": request.rid, "stream": True}
-
-    if imported.options["clock"] == "wall":
-        yield from _run_by_wall_clock(ctx, imported, payload)
-        return
-    if imported.options["clock"] == "modeled":
-        yield from _run_by_modelled_clock(ctx, imported, payload)
-        return
-    now = 0
-    for request in imported.requests:
-        while now < request.iteration:
-            yield
-            now += 1
-        rid = request.rid
-        _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
-                                      predicate=lambda obj, rid=rid: getattr(obj, "rid", None) == rid,
-                                      description=f"request with rid {rid!r}")
-    yield from drain(ctx)
-
-
-def _run_by_modelled_clock(ctx, imported: Imported, payload) -> Generator:
-    """Each request at its arrival time on the recording's modelled clock
-    (scheduler/timed.py): a prediction of this traffic's latency on the
-    server the cost model was fitted on."""
-    from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_recv_msg
-
-    from sgl_replay.scheduler import timed
-    from sgl_replay.scheduler.recorder import active_probe
-
-    recording = active_probe(ctx.scheduler).recording
-    if recording is None or recording.clock is None:
-        raise RuntimeError("clock modeled: the recording has no cost model (record --cost FILE)")
-
-    def feed(request: Request, arrival_us: int) -> None:
-        _http_post_and_await_recv_msg(ctx, path="/generate", json=payload(request),
-                                      predicate=lambda obj, rid=request.rid: getattr(obj, "rid", None) == rid,
-                                      description=f"request with rid {request.rid!r}")
-
-    events = ((round(r.arrival_ms * 1000), r) for r in imported.requests)
-    yield from timed.run(ctx, recording.clock, events, feed)
-
-
-def _run_by_wall_clock(ctx, imported: Imported, payload) -> Generator:
-    """Post each request when the wall clock reaches its arrival time, without
-    waiting for it to arrive; turn the loop (sleeping when idle, as serve
-    does) until every response is back and the scheduler is idle."""
-    import time
-
-    from sgl_replay.scheduler.scripts import shared_poster
-    from sgl_replay.scheduler.workloads import IDLE_SLEEP_S, drain
-
-    server_args = ctx.scheduler.server_args
-    url = f"http://{server_args.host}:{server_args.port}/generate"
-    poster = shared_poster()
-    errors_before = len(poster.errors)
-    start = time.monotonic()
-    for request in imported.requests:
-        due = start + float(request.arrival_ms) / 1000
-        while time.monotonic() < due:
-            if ctx.is_fully_idle:
-                time.sleep(min(IDLE_SLEEP_S, max(0.0, due - time.monotonic())))
-            yield
-        poster.post(url, payload(request))
-    deadline = time.monotonic() + WALL_RESPONSES_S
-    while poster.pending or not ctx.is_fully_idle:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{poster.pending} requests still unanswered {WALL_RESPONSES_S:g}s "
-                               f"after the last was sent")
-        if ctx.is_fully_idle:
-            time.sleep(IDLE_SLEEP_S)
-        yield
-    if len(poster.errors) > errors_before:
-        raise RuntimeError(f"{len(poster.errors) - errors_before} requests failed: {poster.errors[-1]}")
-    yield from drain(ctx)

@@ -33,7 +33,7 @@ from typing import Optional
 
 import msgspec
 
-from sgl_replay.scheduler.header import redact as redact_setting, redact_argv
+from sgl_replay.credentials import redact as redact_setting, redact_argv
 from sgl_replay.trace.format import Header, Iteration, hash_ids, pack_ids, unpack_ids
 from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.trace.writer import TraceWriter
