@@ -4,7 +4,7 @@ not by importing; an import inside a function counts like one at the top.
 - The scheduler side, sgl_replay.scheduler, is what runs inside sglang's
   scheduler process. It imports of sgl-replay only itself and the shared rooms.
 - The shared rooms (sgl_replay.trace, sgl_replay.job, sgl_replay.credentials,
-  sgl_replay.traffic, and the package's own __init__) are imported on both
+  sgl_replay.traffic, sgl_replay.timing, and the package's own __init__) are imported on both
   sides; they import only shared rooms.
 - Everything else is the parent side (the CLI, runs, convert, diff, views,
   golden, bisect, the pytest plugin): it runs in the process that drives the
