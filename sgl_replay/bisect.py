@@ -61,7 +61,8 @@ class BisectResult:
 def _git(repo: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise BisectError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
+        raise BisectError(f"git {' '.join(args)}: {why}")
     return proc.stdout + proc.stderr
 
 

@@ -13,7 +13,8 @@ from sgl_replay.diff import Options, diff
 from sgl_replay.diff.report import text_lines, to_json
 from sgl_replay.trace.format import End, Header, Iteration, pack_ids
 
-HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"SGLANG_RETRACT_DECODE_STEPS": "20", "X": "1"},
+HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64},
+          "env": {"SGLANG_RETRACT_DECODE_STEPS": "20", "X": "1"},
           "pools": {"max_total_tokens": 1024}, "model": {"config": {"n_layer": 2}},
           "device": {"type": "cpu", "name": "x86_64"}, "versions": {"sglang": "0.5.23"},
           "resolved": {"sampling_backend": "token_oracle"}}

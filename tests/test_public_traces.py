@@ -180,7 +180,8 @@ def _csv(header: str, kinds: tuple[str, ...]):
 
 
 _FILES = {
-    "mooncake": st.lists(_MOONCAKE_ROW, min_size=1, max_size=5).map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()),
+    "mooncake": st.lists(_MOONCAKE_ROW, min_size=1, max_size=5).map(
+        lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()),
     "azure": _csv("TIMESTAMP,ContextTokens,GeneratedTokens", ("time", "number", "number")),
     "burstgpt": _csv("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
                      ("number", "time", "number", "number", "number", "time")),

@@ -372,7 +372,7 @@ def consume(record, rids: list) -> None:
             rids[n]
     if record.state is not None:
         state_text(record.state)
-    for n, reason, length, _ in record.finished:
+    for n, _reason, _length, _ in record.finished:
         rids[n]
     for n in record.retracted:
         rids[n]

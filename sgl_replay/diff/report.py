@@ -79,7 +79,8 @@ def _lifecycle_table(rows) -> Iterator[str]:
     for rid, la, lb in rows:
         for side, life in (("A", la), ("B", lb)):
             cells = [rid if side == "A" else "", side]
-            cells += ["-" if v is None else str(v) for v in life.values()] if life else ["absent"] + [""] * (len(Lifecycle.columns()) - 1)
+            cells += (["-" if v is None else str(v) for v in life.values()] if life
+                      else ["absent"] + [""] * (len(Lifecycle.columns()) - 1))
             table.append(cells)
     widths = [max(len(h), *(len(r[k]) for r in table)) for k, h in enumerate(headers)]
     yield "  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths))

@@ -224,9 +224,9 @@ def parse_mooncake(lines: Iterable[str], name: str) -> Iterator[Row]:
             raise ValueError(f"{where}: not a JSON object: {e}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: not a JSON object")
-        for field in ("timestamp", "input_length", "output_length"):
-            if field not in obj:
-                raise ValueError(f"{where}: field {field} missing")
+        for required in ("timestamp", "input_length", "output_length"):
+            if required not in obj:
+                raise ValueError(f"{where}: field {required} missing")
         hash_ids = obj.get("hash_ids", [])
         if not isinstance(hash_ids, list) or not all(
                 isinstance(h, int) and not isinstance(h, bool) for h in hash_ids):
