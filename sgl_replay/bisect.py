@@ -85,8 +85,9 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
         _git(repo_path, "worktree", "add", "--detach", str(worktree), bad_sha)
         out = _git(worktree, "bisect", "start", bad_sha, good_sha)
         while True:
-            if "is the first bad commit" in out:
-                result.first_bad = re.search(r"([0-9a-f]{40}) is the first bad commit", out).group(1)
+            first_bad = re.search(r"([0-9a-f]{40}) is the first bad commit", out)
+            if first_bad is not None:
+                result.first_bad = first_bad.group(1)
                 break
             if "only 'skip'ped commits left" in out:
                 result.candidates = re.findall(r"^([0-9a-f]{40})$", out, re.M)

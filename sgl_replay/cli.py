@@ -32,7 +32,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default; this one is per error
 
     def show(self, file=None) -> None:
         click.echo(f"sgl-replay: error: {self.format_message()}", err=True)
@@ -347,7 +347,7 @@ def seal(trace: str) -> None:
 def stats(trace: str, as_json: bool) -> None:
     """Counts and sizes of a trace."""
     records = forwards = inputs = requests = finished = retracted = 0
-    modes: dict[str, int] = {}
+    modes: dict[Optional[str], int] = {}
     with TraceReader(trace) as reader:
         for record in reader.iterations():
             records += 1
@@ -406,7 +406,7 @@ def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[st
     overrides = parse_engine_args(engine_args)
     config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
-        source_overrides = {"device": device, "engine_args": overrides}
+        source_overrides: dict[str, object] = {"device": device, "engine_args": overrides}
         if skip_model:
             source_overrides["skip_model"] = True
         end = replay_trace(engine, trace, output, overrides=source_overrides, timeout_s=timeout)

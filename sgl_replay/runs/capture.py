@@ -88,6 +88,7 @@ def _read_end(path: str) -> End:
     with TraceReader(path) as reader:
         for _ in reader.iterations():
             pass
+        assert reader.end is not None  # a trace reads whole only up to its end record
         return reader.end
 
 

@@ -122,7 +122,7 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
             return Verdict(Outcome.COULD_NOT_RUN, message=f"cannot import the engine here: {e}")
         except EngineError as e:
             return Verdict(Outcome.COULD_NOT_RUN, message=str(e))
-        overrides = {"device": device, "engine_args": engine_args or {}}
+        overrides: dict[str, object] = {"device": device, "engine_args": engine_args or {}}
         if engine_env:
             overrides["engine_env"] = dict(engine_env)
         if skip_model:

@@ -311,6 +311,7 @@ class Engine:
                 silent_deaths += 1
                 if silent_deaths == 2 or attempt == PORT_ATTEMPTS:
                     raise EngineError(str(e)) from None
+        raise AssertionError("the last attempt returns or raises")
 
     @classmethod
     def _launch(cls, config: EngineConfig, timeout_s: float, extra_sys_path: tuple[str, ...]) -> "Engine":

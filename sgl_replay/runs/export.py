@@ -111,9 +111,10 @@ def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = 
         raise ValueError("--block-size must be at least 1")
     rows, recorded_ms = trace_requests(trace, block_size if fmt == "mooncake" else None)
     done = [r for r in rows if r.output_len is not None]
-    if iteration_ms is None and done and all(r.ms is not None for r in done):
+    times = [r.ms for r in done if r.ms is not None]
+    if iteration_ms is None and done and len(times) == len(done):
         step = None
-        arrivals = [r.ms - done[0].ms for r in done]
+        arrivals = [t - times[0] for t in times]
     else:
         step = iteration_ms if iteration_ms is not None else (recorded_ms or DEFAULT_ITERATION_MS)
         arrivals = [(r.iteration - done[0].iteration) * step for r in done]

@@ -39,7 +39,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Generator, Iterable, Iterator, Optional
+from typing import Any, Generator, Iterable, Iterator, Optional
 
 FORMATS = ("mooncake", "azure", "burstgpt")
 DEFAULT_BLOCK_SIZE = 512  # Mooncake's block: one hash id covers 512 tokens
@@ -112,7 +112,7 @@ class Imported:
 # ------------------------------------------------------------------ options
 def normalize_options(fmt: str, options: Optional[dict]) -> dict:
     """Full, checked options (plain JSON values); ValueError names the option."""
-    out = dict(OPTION_DEFAULTS)
+    out: dict[str, Any] = dict(OPTION_DEFAULTS)
     for key, value in (options or {}).items():
         key = key.replace("-", "_")
         if key == "format" and value == fmt:
@@ -324,7 +324,8 @@ def parse_rows(fmt: str, lines: Iterable[str], name: str, skipped: list[int]) ->
     raise ValueError(f"unknown trace format {fmt!r}; formats: {', '.join(FORMATS)}")
 
 
-def select_in_order(rows: Iterable[Row], start_ms: Fraction, limit: Optional[int]) -> Optional[tuple[Fraction, list[Row]]]:
+def select_in_order(rows: Iterable[Row], start_ms: Fraction,
+                    limit: Optional[int]) -> Optional[tuple[Optional[Fraction], list[Row]]]:
     """(t0, the selected rows) read from rows in time order, stopping at the
     last row the selection needs; None at the first row out of time order."""
     t0, last, selected = None, None, []

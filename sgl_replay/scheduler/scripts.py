@@ -97,6 +97,7 @@ def shared_poster() -> Poster:
 
 def record(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
+    assert job.workload is not None  # a recording's job names its workload (runs/record.py)
     workload = workloads.generator(ctx, job.workload)
     yield from probe.settle()
     probe.start(job.path, build_header(ctx.scheduler, job), wall_clock=workloads.by_wall_clock(job.workload))
@@ -113,6 +114,7 @@ def replay(ctx, job: Job) -> Generator:
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
     poster = shared_poster()
+    assert job.trace is not None  # a replay's job names its trace (runs/replay.py)
     rids, forced = _read_rids_and_outputs(job.trace)
     yield from probe.settle(rids)
     skip = bool((job.source.overrides or {}).get("skip_model"))
@@ -121,11 +123,11 @@ def replay(ctx, job: Job) -> Generator:
         probe.start(job.path, build_header(ctx.scheduler, job))
         try:
             for record in recorded.iterations():
-                while probe.recording.next_i < record.i:
+                while probe.recording.next_i < record.i:  # type: ignore[union-attr]  # set until probe.stop()
                     yield
                 for item in record.inputs:
                     _feed(probe, poster, base_url, item)
-            while probe.recording.next_i < recorded.end.iterations:
+            while probe.recording.next_i < recorded.end.iterations:  # type: ignore[union-attr]  # as above; end: read whole
                 yield
         except Exception as e:
             probe.stop(complete=False, reason=f"replay stopped: {type(e).__name__}: {e}")

@@ -250,7 +250,7 @@ def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[flo
 
 def engine_args_of(workload: WorkloadSpec) -> dict:
     """The engine arguments a built-in's shape needs (none for the others)."""
-    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" else {}
+    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" and workload.name else {}
 
 
 def resolve(dotted: str) -> Any:
@@ -270,11 +270,11 @@ def by_wall_clock(workload: WorkloadSpec) -> bool:
 
 def generator(ctx, workload: WorkloadSpec) -> Generator:
     """The running script for `workload`, inside the scheduler."""
-    if workload.kind == "builtin":
+    if workload.kind == "builtin" and workload.name:
         return BUILTIN[workload.name].fn(ctx)
     if workload.kind == "serve":
         return serve(ctx, duration_s=workload.duration_s, idle_s=workload.idle_s)
-    if workload.kind == "script":
+    if workload.kind == "script" and workload.name:
         return resolve(workload.name)(ctx)
     if workload.kind == "public":
         return public_traces.run(ctx, workload)
