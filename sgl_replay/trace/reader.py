@@ -32,7 +32,8 @@ from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERS
                                      Header, Iteration, Record, Segment, pack_ids)
 
 # Caps on what a file can make the reader hold. They are constants, not
-# anything the file declares: a 39 KB file used to make a read allocate 2 GB.
+# anything the file declares: a size a file declares is what a hostile one
+# would inflate (tests/test_trace_fuzz.py reads such files).
 # A trace block (format 3) or a record (formats 1 and 2) up to this many
 # bytes. The writer's blocks are about BLOCK_BYTES (64 KiB) plus one record,
 # and it refuses a record that would not fit; 64 MiB still holds one
@@ -121,7 +122,7 @@ class _BlockStream:
         self._decoder = self._plain if header else self._typed
         self._header = header  # the header's frame holds the header alone
         # A block that a later chunk completes, grown in place (copying it
-        # whole on every read was quadratic), and its size with the length
+        # whole on every read would be quadratic), and its size with the length
         # prefix: 0 while that prefix itself is cut.
         self._pending = bytearray()
         self._pending_size = 0
@@ -129,7 +130,7 @@ class _BlockStream:
     def feed(self, data: bytes) -> Iterator[list[Any]]:
         """The blocks that `data` completes, each a list of records. Blocks
         are decoded where they lie in `data` (copying every chunk through a
-        buffer made prompt-heavy traces read 1.2x to 1.5x slower)."""
+        buffer makes prompt-heavy traces read 1.2x to 1.5x slower)."""
         pending = self._pending
         if pending:
             if not self._pending_size:  # a cut length prefix: a few bytes
@@ -469,7 +470,7 @@ class TraceReader:
                     # the new block's in the collector's young count, and no
                     # GC pass scans each new block (146 passes instead of 1 on
                     # 100k records; decoding into a list, or dropping the
-                    # block earlier, read 1.3x slower)
+                    # block sooner, reads 1.3x slower)
                     for records in stream.feed(chunk):
                         if index == 0 and self._header_frame_blocks:
                             held += records
