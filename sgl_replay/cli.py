@@ -487,13 +487,15 @@ def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], for
               show_default=True, help="mooncake: JSONL with hash_ids; csv: arrival_ms, prompt_tokens, "
                                       "completion_tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
-@click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="mooncake: tokens per hash id.")
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="mooncake: tokens per hash id (default: for a recording of a public trace, the "
+                   "block its import used times its --token-scale, rounded, at least 1; else 512).")
 @click.option("--iteration-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Arrival on the virtual clock, this many ms per loop iteration (default: "
                    "recorded times where the recording kept them, else its iteration_ms, else 10).")
 @_errors_to_exit_codes
-def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_ms: Optional[float]) -> None:
+def export_trace(trace: str, fmt: str, output: str, block_size: Optional[int],
+                 iteration_ms: Optional[float]) -> None:
     """Write TRACE's requests as a public serving-trace file: arrival (recorded
     time or the virtual clock), input and output lengths, and (mooncake)
     prefix hash ids."""
