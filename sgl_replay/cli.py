@@ -146,6 +146,9 @@ def main() -> None:
     # SIGTERM (a CI timeout, `kill`) takes the Ctrl-C path: the engine is
     # stopped and the trace so far sealed.
     signal.signal(signal.SIGTERM, _terminate)
+    from sgl_replay.runs import progress
+
+    progress.enable()  # shown only where stderr is a terminal
 
 
 def _terminate(signum, frame) -> None:

@@ -1,6 +1,6 @@
 """What runs in the process that drives the engine: starting and stopping it
 (engine), a capture and the sealing of what it wrote (capture), recording a
 workload (record), replaying a trace (replay), and replay-then-diff with its
-verdict (check). The scripts these hand to the engine run inside its
+verdict (check), and their progress on a terminal (progress). The scripts these hand to the engine run inside its
 scheduler: sgl_replay.scheduler.
 """

@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 from sgl_replay.job import Job
+from sgl_replay.runs import progress
 from sgl_replay.runs.engine import Engine, EngineDied, EngineError, ScriptFailed, ScriptTimedOut
 from sgl_replay.trace.format import End, Source, Workload
 from sgl_replay.trace.reader import TraceError, TraceReader
@@ -62,8 +63,11 @@ def run_capture(engine: Engine, script: str, out: str, *, source: Source,
     job = Job(path=partial, source=source, engine_args=engine.config.engine_args,
               env=engine.config.env, model_config=engine.config.model_config,
               workload=workload, trace=trace, argv=argv)
+    replaying = source.kind == "replay" and trace is not None
     try:
-        engine.run_script(script, job, timeout_s=timeout_s)
+        with progress.bar("replay" if replaying else "record", path=partial,
+                          total_bytes=progress.trace_bytes(trace) if replaying and trace else None):
+            engine.run_script(script, job, timeout_s=timeout_s)
     except ScriptTimedOut:
         engine.stop()
         reason = f"deadline passed ({timeout_s:g}s)"
