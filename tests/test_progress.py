@@ -18,7 +18,9 @@ FOLLOW = """
 import sys, time
 from sgl_replay.runs import progress
 progress.enable()
-with progress.bar("replay", path=sys.argv[1], total_bytes=4096):
+with open(sys.argv[2], "wb") as f:
+    f.write(b"r" * 4096)  # the recorded trace
+with progress.bar("replay", path=sys.argv[1], against=sys.argv[2]):
     with open(sys.argv[1], "wb") as f:
         f.write(b"x" * 2048)
     time.sleep(3 * progress.REFRESH_S)
@@ -29,7 +31,7 @@ print("done", file=sys.stderr)
 def test_nothing_is_written_where_stderr_is_not_a_terminal(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(progress, "_enabled", True)
     growing = tmp_path / "t.sglt.partial"
-    with progress.bar("replay", path=str(growing), total_bytes=4096):
+    with progress.bar("replay", path=str(growing), against=__file__):
         growing.write_bytes(b"x" * 2048)
     with progress.bar("step 1: checking abc"):
         pass
@@ -40,7 +42,8 @@ def test_a_terminal_sees_the_step_and_the_bytes_written(tmp_path):
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
     try:
-        proc = subprocess.run([sys.executable, "-c", FOLLOW, str(tmp_path / "t.sglt.partial")], env=cli_env(),
+        proc = subprocess.run([sys.executable, "-c", FOLLOW, str(tmp_path / "t.sglt.partial"),
+                               str(tmp_path / "recorded.sglt")], env=cli_env(),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child, timeout=60)
         os.close(child)
         shown = b""

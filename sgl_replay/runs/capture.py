@@ -63,10 +63,9 @@ def run_capture(engine: Engine, script: str, out: str, *, source: Source,
     job = Job(path=partial, source=source, engine_args=engine.config.engine_args,
               env=engine.config.env, model_config=engine.config.model_config,
               workload=workload, trace=trace, argv=argv)
-    replaying = source.kind == "replay" and trace is not None
+    replayed = trace if source.kind == "replay" else None  # else a workload's input, or none
     try:
-        with progress.bar("replay" if replaying else "record", path=partial,
-                          total_bytes=progress.trace_bytes(trace) if replaying and trace else None):
+        with progress.bar("replay" if replayed else "record", path=partial, against=replayed):
             engine.run_script(script, job, timeout_s=timeout_s)
     except ScriptTimedOut:
         engine.stop()

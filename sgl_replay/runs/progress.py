@@ -35,15 +35,17 @@ def shown() -> bool:
 
 
 @contextmanager
-def bar(desc: str, *, path: Optional[str] = None, total_bytes: Optional[int] = None) -> Iterator[None]:
+def bar(desc: str, *, path: Optional[str] = None, against: Optional[str] = None) -> Iterator[None]:
     """While the block runs: `desc` and the time so far; with `path` (a
-    trace being written), its size, against `total_bytes` when known."""
+    trace being written), its size, out of the size of the trace `against`
+    (the recorded trace a replay follows) when given."""
     if not shown():
         yield
         return
     from tqdm import tqdm
 
-    line = tqdm(desc=desc, total=total_bytes if path else None, unit="B", unit_scale=True,
+    total = _trace_bytes(against) if path and against else None
+    line = tqdm(desc=desc, total=total, unit="B", unit_scale=True,
                 leave=False, file=sys.stderr, dynamic_ncols=True,
                 bar_format=None if path else "{desc} {elapsed}")
     stop = threading.Event()
@@ -69,7 +71,7 @@ def bar(desc: str, *, path: Optional[str] = None, total_bytes: Optional[int] = N
         line.close()
 
 
-def trace_bytes(trace: str) -> Optional[int]:
+def _trace_bytes(trace: str) -> Optional[int]:
     """A trace's size on disk, every link of a chain counted (None if it
     cannot be read: the bar then shows the bytes written alone)."""
     from sgl_replay.trace.reader import TraceError, chain_paths
