@@ -62,7 +62,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import msgspec
 
@@ -90,9 +90,13 @@ class Batch(msgspec.Struct, omit_defaults=True):
     fwd: int
     mode: Optional[str]
     tokens: int
-    # Absent in the file where it repeats the previous batch's; the reader
-    # fills it in, so every Batch it yields has a list.
-    reqs: list[int] = None  # type: ignore[assignment]  # None only between decode and the reader's fill-in
+    # Absent (or null) in the file where it repeats the previous batch's; the
+    # reader fills it in, so every Batch it yields has a list, which is what
+    # the type checker is told.
+    if TYPE_CHECKING:
+        reqs: list[int]
+    else:
+        reqs: Optional[list[int]] = None
     new: Optional[list[int]] = None
     cached: Optional[list[int]] = None
     chunked: Optional[int] = None
