@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from sgl_replay.runs import progress
 from sgl_replay.runs.check import ExitCode, Outcome
 
 CHECK_STOP_GRACE_S = 10.0  # a Ctrl-C'd check gets this long to stop its engine
@@ -61,7 +62,8 @@ class BisectResult:
 def _git(repo: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise BisectError(f"git {' '.join(args)}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
+        raise BisectError(f"git {' '.join(args)}: {why}")
     return proc.stdout + proc.stderr
 
 
@@ -84,14 +86,18 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
         _git(repo_path, "worktree", "add", "--detach", str(worktree), bad_sha)
         out = _git(worktree, "bisect", "start", bad_sha, good_sha)
         while True:
-            if "is the first bad commit" in out:
-                result.first_bad = re.search(r"([0-9a-f]{40}) is the first bad commit", out).group(1)
+            first_bad = re.search(r"([0-9a-f]{40}) is the first bad commit", out)
+            if first_bad is not None:
+                result.first_bad = first_bad.group(1)
                 break
             if "only 'skip'ped commits left" in out:
                 result.candidates = re.findall(r"^([0-9a-f]{40})$", out, re.M)
                 break
             head = _git(worktree, "rev-parse", "HEAD").strip()
-            step = _run_step(worktree, head, subdir, trace, repeat, check_args, scratch)
+            left = re.search(r"\(roughly (\d+) steps?\)", out)  # git's estimate, after this step
+            about = f" of about {len(result.steps) + 1 + int(left.group(1))}" if left else ""
+            with progress.bar(f"step {len(result.steps) + 1}{about}: checking {head[:10]}"):
+                step = _run_step(worktree, head, subdir, trace, repeat, check_args, scratch)
             result.steps.append(step)
             echo(f"step {len(result.steps)}: {head[:10]} {step.subject[:60]!r}: {step.verdict}"
                  f" ({step.detail}, {step.seconds:.0f}s)")
@@ -100,8 +106,9 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
             result.subject = _git(worktree, "log", "-1", "--format=%s", result.first_bad).strip()
             tested = next((s for s in result.steps if s.commit == result.first_bad), None)
             if tested is None:  # the bad end itself: check it for its report
-                tested = _run_step(worktree, result.first_bad, subdir, trace, repeat, check_args, scratch,
-                                   checkout=True)
+                with progress.bar(f"checking {result.first_bad[:10]} for its report"):
+                    tested = _run_step(worktree, result.first_bad, subdir, trace, repeat, check_args, scratch,
+                                       checkout=True)
             result.report = tested.report
             if html_report and _html_report(scratch, result.first_bad).exists():
                 shutil.copyfile(_html_report(scratch, result.first_bad), html_report)

@@ -32,7 +32,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares a class default; this one is per error
 
     def show(self, file=None) -> None:
         click.echo(f"sgl-replay: error: {self.format_message()}", err=True)
@@ -178,6 +178,9 @@ def main() -> None:
     # SIGTERM (a CI timeout, `kill`) takes the Ctrl-C path: the engine is
     # stopped and the trace so far sealed.
     signal.signal(signal.SIGTERM, _terminate)
+    from sgl_replay.runs import progress
+
+    progress.enable()  # shown only where stderr is a terminal
 
 
 def _terminate(signum, frame) -> None:
@@ -391,7 +394,7 @@ def seal(trace: str) -> None:
 def stats(trace: str, as_json: bool) -> None:
     """Counts and sizes of a trace."""
     records = forwards = inputs = requests = finished = retracted = 0
-    modes: dict[str, int] = {}
+    modes: dict[Optional[str], int] = {}
     with TraceReader(trace) as reader:
         for record in reader.iterations():
             records += 1
@@ -454,7 +457,7 @@ def replay(trace: str, output: str, device: Optional[str], engine_args: tuple[st
     cost = _cost_model(trace, clock, cost_path, max_in_flight)
     config = engine_config_for(read_header(trace), device=device, engine_args=overrides)
     with Engine.start(config) as engine:
-        source_overrides = {"device": device, "engine_args": overrides}
+        source_overrides: dict[str, object] = {"device": device, "engine_args": overrides}
         if skip_model:
             source_overrides["skip_model"] = True
         if max_in_flight is not None:
@@ -538,13 +541,15 @@ def report(a: str, b: str, output: str, level: str, ignore: tuple[str, ...], for
               show_default=True, help="mooncake: JSONL with hash_ids; csv: arrival_ms, prompt_tokens, "
                                       "completion_tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The file to write.")
-@click.option("--block-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="mooncake: tokens per hash id.")
+@click.option("--block-size", type=click.IntRange(min=1), default=None,
+              help="mooncake: tokens per hash id (default: for a recording of a public trace, the "
+                   "block its import used times its --token-scale, rounded, at least 1; else 512).")
 @click.option("--iteration-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Arrival on the virtual clock, this many ms per loop iteration (default: "
                    "recorded times where the recording kept them, else its iteration_ms, else 10).")
 @_errors_to_exit_codes
-def export_trace(trace: str, fmt: str, output: str, block_size: int, iteration_ms: Optional[float]) -> None:
+def export_trace(trace: str, fmt: str, output: str, block_size: Optional[int],
+                 iteration_ms: Optional[float]) -> None:
     """Write TRACE's requests as a public serving-trace file: arrival (recorded
     time or the virtual clock), input and output lengths, and (mooncake)
     prefix hash ids."""

@@ -15,7 +15,8 @@ from sgl_replay.job import REDACTED
 # Settings that carry credentials are written as REDACTED: a trace gets shared.
 # In sglang 0.5.23: api_key, admin_api_key, ssl_keyfile_password, watermark_key,
 # watermark_key_b (tests/test_record.py lists them from ServerArgs).
-_SECRET_NAME = re.compile(r"(api_key|password|passwd|secret|credential|(^|_)key(_[a-z])?$|(^|_)(auth|access|hf|api|bearer)_token$)", re.I)
+_SECRET_NAME = re.compile(
+    r"(api_key|password|passwd|secret|credential|(^|_)key(_[a-z])?$|(^|_)(auth|access|hf|api|bearer)_token$)", re.I)
 _URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]+@", re.I)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Optional
 
 from sgl_replay.diff import DiffResult, Options, diff
 from sgl_replay.diff.report import text_lines
-from sgl_replay.runs.check import Outcome as CheckOutcome
+from sgl_replay.diff.outcome import Outcome as Status
 from sgl_replay.runs.check import check
 from sgl_replay.runs.engine import EngineConfig
 from sgl_replay.runs.pool import EnginePool
@@ -66,9 +67,9 @@ class Golden:
 
 
 def load_manifest(directory: Path) -> list[Golden]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         import tomli as tomllib
 
     path = directory / MANIFEST
@@ -109,7 +110,7 @@ def unused_traces(directory: Path, goldens: list[Golden]) -> list[Path]:
 @dataclass
 class Outcome:
     golden: Golden
-    status: str  # a check outcome's value, or "missing" | "created" | "updated" | "unchanged"
+    status: Status  # a check's outcome, or MISSING, CREATED, UPDATED, UNCHANGED
     report: list[str] = field(default_factory=list)
     seconds: float = 0.0  # its engine start included, when it needed one
     engine_starts: int = 0
@@ -130,18 +131,17 @@ class GoldenSuite:
     def check(self, golden: Golden) -> Outcome:
         started, starts = time.monotonic(), self.pool.starts
         if not golden.path.exists():
-            outcome = Outcome(golden, "missing", [
+            outcome = Outcome(golden, Status.MISSING, [
                 f"golden {golden.name} is missing: {golden.path} does not exist; "
                 f"record it with --sgl-replay-update"])
         else:
             observed = self.observed_path(golden)
             verdict = check(str(golden.path), pool=self.pool, device=self.device, options=self.options,
                             observed=str(observed))
-            status = verdict.outcome.value  # "same", "diverged", "bad input", "could not run", ...
-            outcome = Outcome(golden, status, verdict.lines(str(golden.path), "replay"))
-            if verdict.outcome is CheckOutcome.SAME:
+            outcome = Outcome(golden, verdict.outcome, verdict.lines(str(golden.path), "replay"))
+            if verdict.outcome is Status.SAME:
                 observed.unlink()
-            elif verdict.outcome is CheckOutcome.DIVERGED:
+            elif verdict.outcome is Status.DIVERGED and verdict.result is not None:
                 write_report(str(golden.path), str(observed), verdict.result, str(self.report_path(golden)),
                              label_a=str(golden.path), label_b="replay")
         outcome.seconds = time.monotonic() - started
@@ -173,12 +173,12 @@ class GoldenSuite:
             record_workload(self.pool.get(golden.engine_config()), golden.workload, str(fresh),
                             client=client)
         if not golden.path.exists():
-            status, lines = "created", [f"created {golden.path}"]
+            status, lines = Status.CREATED, [f"created {golden.path}"]
         else:
             result = self._diff(golden.path, fresh)
-            status = "unchanged" if result.same else "updated"
+            status = Status.UNCHANGED if result.same else Status.UPDATED
             lines = [] if result.same else list(text_lines(result, f"{golden.path} (old)", "new"))
-        if status == "unchanged":
+        if status is Status.UNCHANGED:
             fresh.unlink()
         else:
             os.replace(fresh, golden.path)
@@ -193,7 +193,7 @@ class GoldenSuite:
     def summary(self) -> str:
         """One line: the goldens' own time and engine starts (in a session
         that shares the pool with other tests, theirs are not counted)."""
-        counts: dict[str, int] = {}
+        counts: dict[Status, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

@@ -8,7 +8,7 @@ nothing of sgl-replay but the trace format, and nothing of sglang.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import msgspec
 
@@ -34,12 +34,12 @@ class Job(msgspec.Struct, frozen=True):
 
     path: str  # where the scheduler writes the trace; the parent renames it when done
     source: Source
-    engine_args: dict  # as the parent gave them to the engine (the header keeps them)
-    env: dict  # engine environment knobs the parent set
-    model_config: Optional[dict] = None  # config.json of the embedded model
+    engine_args: dict[str, Any]  # as the parent gave them to the engine (the header keeps them)
+    env: dict[str, Any]  # engine environment knobs the parent set
+    model_config: Optional[dict[str, Any]] = None  # config.json of the embedded model
     workload: Optional[Workload] = None  # a recording: what to run
     trace: Optional[str] = None  # a replay: the trace whose inputs to feed back
     argv: Optional[list[str]] = None  # the command line that asked for it
     # A run on the modelled clock (a timed replay, or a public trace recorded
     # with --clock modeled): the cost model, as plain values.
-    cost: Optional[dict] = None
+    cost: Optional[dict[str, Any]] = None

@@ -20,6 +20,8 @@ from typing import Optional
 
 import pytest
 
+from sgl_replay.diff.outcome import Outcome as Status
+
 _STATE = pytest.StashKey["_State"]()
 
 
@@ -38,6 +40,7 @@ class _State:
         self.manifests: dict[Path, list] = {}  # manifest dir -> goldens declared
         self.ran: set[tuple[Path, str]] = set()
         self.started_by: list[tuple[str, int, int]] = []  # (test, engine starts, restarts) where any
+        self.unused: list[Path] = []  # golden files no manifest names (known at the session's end)
 
     def starts(self) -> tuple[int, int]:
         return (0, 0) if self._pool is None else (self._pool.starts, self._pool.restarts)
@@ -134,9 +137,9 @@ class GoldenItem(pytest.Item):
         state.ran.add((self.golden.path.parent, self.golden.name))
         suite = state.suite
         outcome = suite.update(self.golden) if state.update else suite.check(self.golden)
-        if outcome.status not in ("same", "created", "updated", "unchanged"):
+        if outcome.status not in (Status.SAME, Status.CREATED, Status.UPDATED, Status.UNCHANGED):
             kept = ""
-            if outcome.status == "diverged":
+            if outcome.status is Status.DIVERGED:
                 kept = (f"\nobserved trace kept at {suite.observed_path(self.golden)}"
                         f"\nHTML report (both runs, the divergence marked): {suite.report_path(self.golden)}"
                         f"\nif the change is intended: pytest --sgl-replay-update -k {self.golden.name}")
@@ -200,15 +203,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     state = config.stash.get(_STATE, None)
     if state is not None and state.started_by:
         _engine_starts_summary(terminalreporter, state)
-    if state is None or state._suite is None and not getattr(state, "unused", None):
+    if state is None or state._suite is None and not state.unused:
         return
     tr = terminalreporter
     tr.write_sep("-", "sgl-replay goldens")
     if state._suite is not None:
         for outcome in state.suite.outcomes:
-            if outcome.status in ("updated", "created"):
+            if outcome.status in (Status.UPDATED, Status.CREATED):
                 tr.write_line(f"{outcome.status}: {outcome.golden.path}")
-    unused = getattr(state, "unused", [])
+    unused = state.unused
     verb = "deleted unused" if state.update else "unused"
     for path in unused:
         tr.write_line(f"{verb} golden: {path} (no entry in {path.parent / 'goldens.toml'})")

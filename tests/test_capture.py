@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -32,6 +33,9 @@ from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.format import End
 from sgl_replay.trace.reader import TraceReader
+
+if TYPE_CHECKING:
+    from sgl_replay.scheduler import capture
 
 # A recording of a public trace (the Mooncake slice at 1/32 of its lengths),
 # exported as Mooncake JSONL for sglang's bench_serving to send.
@@ -649,7 +653,7 @@ def test_a_stalled_disk_never_stalls_the_loop(tmp_path, monkeypatch, caplog):
         fake.waiting_queue = [None] * (steps % 7)
         c.step()
         steps += 1
-    for k in range(50):  # the loop goes on after the recording stopped
+    for _ in range(50):  # the loop goes on after the recording stopped
         c.step()
     assert not disk.is_set() and c.recording is None and 20 < steps < 10_000
     assert "the disk is not keeping up" in caplog.text

@@ -4,7 +4,6 @@ failures. Runs the real `sgl-replay` executable."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -86,8 +85,14 @@ def test_seal_repairs_a_cut_trace_and_keeps_every_whole_record(recorded, tmp_pat
 def test_check_of_corrupt_trace_exits_2_without_starting_an_engine(tmp_path):
     bad = tmp_path / "bad.sglt"
     bad.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 64)
-    started = time.monotonic()
-    proc = run("check", bad, timeout=60)
+    # the engine is started by subprocess.Popen (runs/engine.py): an audit hook sees any start
+    code = ("import sys, runpy; started = []; status = None"
+            "\nsys.addaudithook(lambda event, args: started.append(args) if event == 'subprocess.Popen' else None)"
+            "\nsys.argv = ['sgl-replay', 'check', %r]"
+            "\ntry:\n runpy.run_module('sgl_replay.cli', run_name='__main__')\nexcept SystemExit as e: status = e.code"
+            "\nassert not started, f'started {started}'\nsys.exit(status)") % str(bad)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=TESTS, env=cli_env(), capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 2 and "bad.sglt" in one_error_line(proc)
 
 
@@ -160,8 +165,8 @@ def _wait_for_iterations(partial: Path, at_least: int, proc: subprocess.Popen) -
                 with TraceReader(str(partial)) as r:
                     n = 0
                     try:
-                        for n, _ in enumerate(r.iterations(), 1):
-                            pass
+                        for _ in r.iterations():
+                            n += 1
                     except TraceError:
                         pass
                 if n >= at_least:

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_replay.diff import Options, diff
+from sgl_replay.diff import ExitCode, Options, Outcome, diff
 from sgl_replay.diff.report import text_lines, to_json
 from sgl_replay.trace.format import End, Header, Iteration, pack_ids
 
-HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64}, "env": {"SGLANG_RETRACT_DECODE_STEPS": "20", "X": "1"},
+HEADER = {"t": "header", "format": 1, "engine_args": {"chunked_prefill_size": 64},
+          "env": {"SGLANG_RETRACT_DECODE_STEPS": "20", "X": "1"},
           "pools": {"max_total_tokens": 1024}, "model": {"config": {"n_layer": 2}},
           "device": {"type": "cpu", "name": "x86_64"}, "versions": {"sglang": "0.5.23"},
           "resolved": {"sampling_backend": "token_oracle"}}
@@ -197,3 +198,18 @@ def test_first_divergence_is_the_first_changed_iteration(data):
         rec["finished"] = [[0, "abort", 1, 0]]
     result = diff(a, b)
     assert result.verdict == "diverged" and result.first.iteration == rec["i"]
+
+
+def test_one_vocabulary_prints_and_serializes_as_its_words():
+    """`check --json` prints these words and bisect reads them back; text
+    and HTML reports print them: the words stay, whatever the members' names."""
+    assert [o.value for o in Outcome] == ["same", "diverged", "not comparable", "empty", "inconclusive",
+                                          "failed", "could not run", "bad input", "missing", "created",
+                                          "updated", "unchanged"]
+    for outcome in Outcome:
+        assert f"{outcome}" == str(outcome) == outcome == outcome.value
+        assert json.dumps({"verdict": outcome}) == json.dumps({"verdict": outcome.value})
+        assert Outcome(outcome.value) is outcome
+    assert diff(run(), run()).verdict is Outcome.SAME
+    assert [Outcome.SAME.exit_code, Outcome.DIVERGED.exit_code, Outcome.EMPTY.exit_code,
+            Outcome.COULD_NOT_RUN.exit_code] == [ExitCode.SAME, ExitCode.DIVERGED, ExitCode.BAD_INPUT, ExitCode.SKIP]

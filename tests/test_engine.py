@@ -86,7 +86,8 @@ def _schedulers() -> list[psutil.Process]:
 
 def test_http_port_taken_before_the_server_binds_it_starts_again_on_another(monkeypatch):
     """The port is picked free, then bound by the server only at the end of
-    its start-up; another process can take it meanwhile (seen in this suite).
+    its start-up; another process can take it meanwhile (tests that start
+    engines side by side do).
     Here the first port handed out is one the test holds."""
     import socket
 

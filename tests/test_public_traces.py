@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from sgl_replay.cli import main
 from sgl_replay.runs.check import Outcome, check
 from sgl_replay.runs.engine import EngineConfig
-from sgl_replay.convert.export import BlockIds, export, in_order_of_first_appearance
+from sgl_replay.convert.export import BlockIds, default_block_size, export, in_order_of_first_appearance
 from sgl_replay.runs.record import record_workload
 from sgl_replay.traffic import public_traces as pt
 from sgl_replay.traffic import specs
 from sgl_replay.trace import TraceReader
-from sgl_replay.trace.format import pack_ids, unpack_ids
+from sgl_replay.trace.format import Header, Workload, pack_ids, unpack_ids
 from sgl_replay.views import write_timeline
 
 DATA = Path(__file__).parent / "data"
@@ -180,7 +180,8 @@ def _csv(header: str, kinds: tuple[str, ...]):
 
 
 _FILES = {
-    "mooncake": st.lists(_MOONCAKE_ROW, min_size=1, max_size=5).map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()),
+    "mooncake": st.lists(_MOONCAKE_ROW, min_size=1, max_size=5).map(
+        lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()),
     "azure": _csv("TIMESTAMP,ContextTokens,GeneratedTokens", ("time", "number", "number")),
     "burstgpt": _csv("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
                      ("number", "time", "number", "number", "number", "time")),
@@ -300,6 +301,20 @@ def test_hash_chains_number_prefixes_in_order_of_first_appearance():
     assert in_order_of_first_appearance(chains) == [[0, 1, 2], [0, 3, 4], [0, 5], [6], [0, 1]]
 
 
+@pytest.mark.parametrize("workload,block", [
+    (Workload(kind="public", options={"block_size": 512, "token_scale": 0.02}), 10),  # 10.24
+    (Workload(kind="public", options={"block_size": 512, "token_scale": 0.03125}), 16),
+    (Workload(kind="public", options={"block_size": 100, "token_scale": 0.025}), 3),  # 2.5, half up
+    (Workload(kind="public", options={"block_size": 512, "token_scale": 0.0001}), 1),  # at least 1
+    (Workload(kind="public", options={"block_size": 64, "token_scale": 3}), 192),
+    (Workload(kind="public", options={"block_size": "x", "token_scale": 1}), 512),  # not a number
+    (Workload(kind="builtin", name="kv_pressure"), 512),
+    (None, 512),
+])
+def test_export_defaults_to_the_imported_block_scaled(workload, block):
+    assert default_block_size(Header(workload=workload)) == block
+
+
 # ------------------------------------------------------------------ engine
 @pytest.fixture(scope="module")
 def slice_recording(engines, tmp_path_factory):
@@ -364,6 +379,20 @@ def test_record_then_export_gives_the_imported_rows(slice_recording, tmp_path):
         table = list(csv.DictReader(f))
     assert [(float(r["arrival_ms"]), int(r["prompt_tokens"]), int(r["completion_tokens"]))
             for r in table] == [(q.iteration * 10, q.input_len, q.output_len) for q in imported.requests]
+
+
+def test_export_without_a_block_size_shares_the_blocks_the_import_shared(slice_recording, tmp_path):
+    """The slice was imported at token scale 1/32: its 512-token blocks are
+    16 tokens in the recording, and the default export cuts them there."""
+    _, out = slice_recording
+    by_default, by_16 = tmp_path / "default.jsonl", tmp_path / "16.jsonl"
+    assert CliRunner().invoke(main, ["export", out, "-o", str(by_default)]).exit_code == 0
+    assert CliRunner().invoke(main, ["export", out, "-o", str(by_16), "--block-size", "16"]).exit_code == 0
+    assert by_default.read_text() == by_16.read_text()
+    rows = [json.loads(line) for line in by_default.read_text().splitlines()]
+    assert sum(1 for i, a in enumerate(rows) for b in rows[:i] if a["hash_ids"][0] == b["hash_ids"][0]) > 0
+    help_text = " ".join(CliRunner().invoke(main, ["export", "--help"]).output.split())
+    assert "the block its import used times its --token-scale" in help_text
 
 
 def test_recording_twice_gives_identical_bodies(slice_recording, engines, tmp_path):

@@ -116,7 +116,8 @@ def test_blocks_split_across_zstd_blocks_read_back(tmp_path, every):
 def stored_records(path) -> list:
     """The file's records as stored, with plain zstd and msgpack: blocks,
     each its byte length then an array of records."""
-    raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True).read()
+    with open(path, "rb") as f:
+        raw = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
     values = list(msgpack.Unpacker(__import__("io").BytesIO(raw), raw=False))
     lengths, blocks = values[0::2], values[1::2]
     assert len(lengths) == len(blocks) and all(type(b) is list for b in blocks)

@@ -51,8 +51,8 @@ from sgl_replay.trace.text import batch_text, input_text, names_from, state_text
 GOLDENS = sorted(glob.glob(str(ROOT / "traces" / "*.sglt")) + glob.glob(str(ROOT / "traces" / "gpu" / "*.sglt"))
                  + [str(ROOT / "tests" / "data" / "kv_pressure.v1.sglt")])
 CASE_SECONDS = 2.0  # one read of a mutated trace (they are at most a few MB) takes far less
-# Growth of the process's peak RSS over a whole run; a hostile trace used to
-# make one read allocate 2.27 GB.
+# Growth of the process's peak RSS over a whole run: a reader that trusts a
+# size a hostile trace declares allocates gigabytes for one read.
 RSS_GROWTH_BYTES = 256 << 20
 
 
@@ -372,7 +372,7 @@ def consume(record, rids: list) -> None:
             rids[n]
     if record.state is not None:
         state_text(record.state)
-    for n, reason, length, _ in record.finished:
+    for n, _reason, _length, _ in record.finished:
         rids[n]
     for n in record.retracted:
         rids[n]

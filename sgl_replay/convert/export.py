@@ -14,7 +14,10 @@
   (counted).
 - hash_ids: the prompt cut into `block_size`-token blocks (the last one may be
   shorter); a block's id stands for the whole prefix through that block, so
-  equal prefixes get equal ids. Ids are numbered from 0 in order of first
+  equal prefixes get equal ids. The default block is the one the recording's
+  public-trace import used, scaled by its token_scale (its prompts were cut
+  at those boundaries, so prompts that shared blocks there share them here),
+  else Mooncake's 512. Ids are numbered from 0 in order of first
   appearance. Read in one pass: no prompt is held.
 """
 
@@ -26,8 +29,10 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Optional
 
+from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceReader
 from sgl_replay.traffic.public_traces import DEFAULT_BLOCK_SIZE, DEFAULT_ITERATION_MS
 
@@ -69,6 +74,22 @@ class BlockIds:
         return out
 
 
+def default_block_size(header: Header) -> int:
+    """The block of the public trace the recording imported, scaled as its
+    prompts were (rounded half up as the import's block boundaries are, at
+    least 1); 512 for any other recording, or options that are not numbers."""
+    workload = header.workload
+    if workload is None or workload.kind != "public" or not workload.options:
+        return DEFAULT_BLOCK_SIZE
+    options = workload.options
+    try:
+        scaled = (Fraction(str(options.get("block_size", DEFAULT_BLOCK_SIZE)))
+                  * Fraction(str(options.get("token_scale", 1))))
+    except (ValueError, ZeroDivisionError):  # a header is untrusted input
+        return DEFAULT_BLOCK_SIZE
+    return max(1, int(scaled + Fraction(1, 2)))
+
+
 def in_order_of_first_appearance(chains: list[list[int]]) -> list[list[int]]:
     """The same ids renumbered from 0 in order of first appearance."""
     ids: dict[int, int] = {}
@@ -105,17 +126,22 @@ def _number(x: float):
     return int(x) if float(x).is_integer() else round(x, 6)
 
 
-def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: int = DEFAULT_BLOCK_SIZE,
+def export(trace: str, output: str, *, fmt: str = "mooncake", block_size: Optional[int] = None,
            iteration_ms: Optional[float] = None) -> Exported:
+    """`block_size` None: default_block_size of the trace's header."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if block_size is None:
+        with TraceReader(trace) as reader:
+            block_size = default_block_size(reader.header)
     if block_size < 1:
         raise ValueError("--block-size must be at least 1")
     rows, recorded_ms = trace_requests(trace, block_size if fmt == "mooncake" else None)
     done = [r for r in rows if r.output_len is not None]
-    if iteration_ms is None and done and all(r.ms is not None for r in done):
+    times = [r.ms for r in done if r.ms is not None]
+    if iteration_ms is None and done and len(times) == len(done):
         step = None
-        arrivals = [r.ms - done[0].ms for r in done]
+        arrivals = [t - times[0] for t in times]
     else:
         step = iteration_ms if iteration_ms is not None else (recorded_ms or DEFAULT_ITERATION_MS)
         arrivals = [(r.iteration - done[0].iteration) * step for r in done]

@@ -118,7 +118,7 @@ def export_test(trace: str, output: str, *, name: Optional[str] = None) -> dict[
     prompts: dict[str, str] = {}
     input_lines = [_input_line(i, item, prompts) for i, item in facts["inputs"]]
     prompt_lines = []
-    for i, item in facts["inputs"]:
+    for _, item in facts["inputs"]:
         if item["type"] == "generate" and item["rid"] in prompts:
             prompt_lines.append(f"{prompts[item['rid']]} = {unpack_ids(item['input_ids'])!r}")
     last_input = max((i for i, _ in facts["inputs"]), default=0)

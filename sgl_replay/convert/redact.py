@@ -34,7 +34,7 @@ from typing import Optional
 import msgspec
 
 from sgl_replay.credentials import redact as redact_setting, redact_argv
-from sgl_replay.trace.format import Header, Iteration, hash_ids, pack_ids, unpack_ids
+from sgl_replay.trace.format import End, Header, Iteration, hash_ids, pack_ids, unpack_ids
 from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.trace.writer import TraceWriter
 
@@ -170,7 +170,7 @@ def _common_bytes(store: bytearray, start: int, end: int, packed: bytes, pos: in
 _BAD_RECORD = (ValueError, TypeError, KeyError, AttributeError, IndexError)
 
 
-def _collect(trace: str) -> tuple[Header, object, dict, set]:
+def _collect(trace: str) -> tuple[Header, Optional[End], dict[int, bytes], set[int]]:
     """First pass: header, end, every recorded output (packed) by request
     number, and the ids that requests stop on."""
     outputs: dict[int, bytes] = {}  # request number -> original output ids (captures)

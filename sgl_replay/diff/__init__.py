@@ -5,10 +5,12 @@
     comparators.py  one comparator per kind of consequence; --level, --ignore
     lifecycle.py    each request's life, per side
     report.py       a result as text or JSON
+    outcome.py      the verdicts (diff, check, golden) and their exit codes
 """
 
 from sgl_replay.diff.comparators import Options
 from sgl_replay.diff.lifecycle import Lifecycle
 from sgl_replay.diff.lockstep import DiffResult, FirstDivergence, diff
+from sgl_replay.diff.outcome import ExitCode, Outcome
 
-__all__ = ["DiffResult", "FirstDivergence", "Lifecycle", "Options", "diff"]
+__all__ = ["DiffResult", "ExitCode", "FirstDivergence", "Lifecycle", "Options", "Outcome", "diff"]

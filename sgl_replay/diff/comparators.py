@@ -37,12 +37,13 @@ IGNORABLE = frozenset({
 _FINISHED_FIELDS = ("finished.reason", "finished.length", "finished.hash")
 
 Name = Callable[[Any], str]  # a request reference (a number, or already a rid) -> its rid
+Projected = dict[str, Any]  # the compared part of a record, as plain values (`project`)
 
 
 @dataclass(frozen=True)
 class Options:
     level: str = "full"
-    ignore: frozenset = frozenset()
+    ignore: frozenset[str] = frozenset()
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -54,7 +55,7 @@ class Options:
                              f"{', '.join(sorted(IGNORABLE))}")
 
     @property
-    def dropped(self) -> frozenset:
+    def dropped(self) -> frozenset[str]:
         """Every field left out, the level's and --ignore's."""
         return frozenset(self.ignore) | (_COMPOSITION_IGNORES if self.level == "composition" else frozenset())
 
@@ -65,8 +66,8 @@ class Options:
 
 
 # ------------------------------------------------------------------ projection
-def project(record: Optional[Iteration], dropped: frozenset, rids: Optional[list], i: int,
-            state: Optional[State]) -> dict:
+def project(record: Optional[Iteration], dropped: frozenset[str], rids: Optional[list[str]], i: int,
+            state: Optional[State]) -> Projected:
     """The part of a record that is compared, as plain values. `rids` maps
     request numbers to rids (needed when the two traces number their
     requests differently); a missing record is an idle iteration: nothing
@@ -94,7 +95,7 @@ def project(record: Optional[Iteration], dropped: frozenset, rids: Optional[list
     return out
 
 
-def _rename(plain: dict, name: Name) -> None:
+def _rename(plain: Projected, name: Name) -> None:
     """Request numbers in a record's plain copy to rids, in place."""
     for b in plain.get("batches", ()):
         b["reqs"] = [name(n) for n in b["reqs"]]
@@ -107,7 +108,7 @@ def _rename(plain: dict, name: Name) -> None:
 
 
 # ------------------------------------------------------------------ comparators
-def inputs(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
+def inputs(pa: Projected, pb: Projected, i: int, name: Name) -> list[str]:
     out: list[str] = []
     keys_a = [_input_key(x) for x in pa.get("inputs", ())]
     keys_b = [_input_key(x) for x in pb.get("inputs", ())]
@@ -124,7 +125,7 @@ def inputs(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
     return out
 
 
-def batches(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
+def batches(pa: Projected, pb: Projected, i: int, name: Name) -> list[str]:
     ba, bb = pa.get("batches", []), pb.get("batches", [])
     if not ba and bb:
         return [f"B ran forward {bb[0].get('fwd')} ({bb[0].get('mode')}) at iteration {i}; A ran nothing"]
@@ -141,7 +142,7 @@ def batches(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
     return out
 
 
-def _batch_reasons(x: dict, y: dict, i: int, name: Name) -> list[str]:
+def _batch_reasons(x: Projected, y: Projected, i: int, name: Name) -> list[str]:
     out = []
     if x.get("mode") != y.get("mode"):
         out.append(f"iteration {i} ran a {x.get('mode')} batch in A, a {y.get('mode')} batch in B")
@@ -165,7 +166,7 @@ def _batch_reasons(x: dict, y: dict, i: int, name: Name) -> list[str]:
     return out
 
 
-def finished(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
+def finished(pa: Projected, pb: Projected, i: int, name: Name) -> list[str]:
     fa = {f[0]: f[1:] for f in pa.get("finished", ())}
     fb = {f[0]: f[1:] for f in pb.get("finished", ())}
     out = [f"{name(n)} finished ({_finish_words(fa[n])}) at iteration {i} in A, not in B"
@@ -177,13 +178,13 @@ def finished(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
     return out
 
 
-def retracted(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
+def retracted(pa: Projected, pb: Projected, i: int, name: Name) -> list[str]:
     ra, rb = set(pa.get("retracted", ())), set(pb.get("retracted", ()))
     return ([f"{name(n)} retracted at iteration {i} in A, not in B" for n in ra - rb]
             + [f"{name(n)} retracted at iteration {i} in B, not in A" for n in rb - ra])
 
 
-def state(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
+def state(pa: Projected, pb: Projected, i: int, name: Name) -> list[str]:
     sa, sb = pa.get("state"), pb.get("state")
     if sa == sb or sa is None or sb is None:
         return []
@@ -192,23 +193,23 @@ def state(pa: dict, pb: dict, i: int, name: Name) -> list[str]:
 
 
 # In the order their reasons are told: what came in, what ran, what ended, sizes.
-COMPARATORS: dict[str, Callable[[dict, dict, int, Name], list[str]]] = {
+COMPARATORS: dict[str, Callable[[Projected, Projected, int, Name], list[str]]] = {
     "inputs": inputs, "batches": batches, "finished": finished, "retracted": retracted, "state": state,
 }
 
 
-def explain(pa: dict, pb: dict, i: int, name: Name = str, kinds: tuple[str, ...] = KINDS) -> list[str]:
+def explain(pa: Projected, pb: Projected, i: int, name: Name = str, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """The reasons of the comparators of `kinds` for two projected records."""
     return [reason for kind, compare in COMPARATORS.items() if kind in kinds
             for reason in compare(pa, pb, i, name)]
 
 
-def _input_key(item: dict) -> str:
+def _input_key(item: dict[str, Any]) -> str:
     rid = item.get("rid")
     return f"{item['type']} {rid}" if rid else item["type"]
 
 
-def _finish_words(values: list) -> str:
+def _finish_words(values: list[Any]) -> str:
     words = [str(v) for v in values[:1]]
     if len(values) > 1:
         words.append(f"{values[1]} tokens")

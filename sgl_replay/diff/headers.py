@@ -5,6 +5,8 @@ pool sizes, the overlap schedule) are notes printed with the diff."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sgl_replay.trace.format import SCHEDULING_ENV, Header
 
 # Knobs the embedded engine sets for itself: not the capture's business.
@@ -67,7 +69,7 @@ def compare_headers(a: Header, b: Header) -> tuple[list[str], list[str]]:
     return blocking, notes
 
 
-def _vocab_and_context(h: Header) -> tuple:
+def _vocab_and_context(h: Header) -> tuple[Any, Any]:
     config = h.model.config
     if config is not None:
         return config.get("vocab_size"), config.get("n_positions")

@@ -4,7 +4,7 @@ request (memory grows with requests, never with iterations)."""
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields, replace
-from typing import Optional
+from typing import Any, Optional
 
 from sgl_replay.trace.format import Iteration
 
@@ -21,7 +21,7 @@ class Lifecycle:
     retractions: int = 0
     cached: int = 0  # cached-prefix tokens when first scheduled
 
-    def values(self) -> tuple:
+    def values(self) -> tuple[Any, ...]:
         """The columns after the rid, in order."""
         return astuple(self)[1:]
 
@@ -55,7 +55,7 @@ class Lifecycles:
                 rids.append(item["rid"])
                 rows[item["rid"]] = Lifecycle(item["rid"], arrival=i)
         for batch in record.batches:
-            if batch.new is None:
+            if batch.cached is None:  # present with "new" (the reader checks it)
                 continue
             for n, cached in zip(batch.reqs, batch.cached):
                 row = rows[rids[n]]

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from sgl_replay.diff.comparators import KINDS, Options, explain, project
 from sgl_replay.diff.headers import compare_headers
 from sgl_replay.diff.lifecycle import Lifecycle, Lifecycles, paired
+from sgl_replay.diff.outcome import Outcome
 from sgl_replay.trace.format import End, Header, Iteration, State
 
 CONTEXT_ITERATIONS = 3
@@ -53,7 +54,7 @@ class FirstDivergence:
 
 @dataclass(frozen=True)
 class DiffResult:
-    verdict: str  # "same" | "diverged" | "not comparable" | "empty"
+    verdict: Outcome  # SAME, DIVERGED, NOT_COMPARABLE or EMPTY
     level: str
     ignored: tuple[str, ...]
     not_comparable: tuple[str, ...]
@@ -69,7 +70,7 @@ class DiffResult:
 
     @property
     def same(self) -> bool:
-        return self.verdict == "same"
+        return self.verdict is Outcome.SAME
 
 
 class _Side:
@@ -80,7 +81,7 @@ class _Side:
 
     def __init__(self) -> None:
         self.life = Lifecycles()
-        self.context: deque = deque(maxlen=CONTEXT_ITERATIONS)
+        self.context: deque[Iteration] = deque(maxlen=CONTEXT_ITERATIONS)
         self.state: Optional[State] = None
         self.iterations = 0
         self.forwards = 0
@@ -111,23 +112,21 @@ def _merge(a: Iterator[Iteration], b: Iterator[Iteration]
     """Pair records by iteration number; None where a side was idle."""
     ra, rb = next(a, None), next(b, None)
     while ra is not None or rb is not None:
-        ia = ra.i if ra is not None else None
-        ib = rb.i if rb is not None else None
-        if ia == ib:
-            yield ia, ra, rb
+        if ra is not None and rb is not None and ra.i == rb.i:
+            yield ra.i, ra, rb
             ra, rb = next(a, None), next(b, None)
-        elif ib is None or (ia is not None and ia < ib):
-            yield ia, ra, None
+        elif ra is not None and (rb is None or ra.i < rb.i):
+            yield ra.i, ra, None
             ra = next(a, None)
-        else:
-            yield ib, None, rb
+        elif rb is not None:
+            yield rb.i, None, rb
             rb = next(b, None)
 
 
 def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
     blocking, notes = compare_headers(a.header, b.header)
     if blocking and not options.force:
-        return DiffResult("not comparable", options.level, tuple(sorted(options.ignore)),
+        return DiffResult(Outcome.NOT_COMPARABLE, options.level, tuple(sorted(options.ignore)),
                           tuple(blocking), tuple(notes), 0, 0, None, {}, 0, (), None, None)
     dropped, compared = options.dropped, options.compared
     sa = _Side()
@@ -139,7 +138,7 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
     checked = 0  # request numbers verified to agree
     for i, ra, rb in _merge(a.iterations(), b.iterations()):
         if sb is None:
-            if ra == rb:  # the common case: identical records, one side's bookkeeping
+            if ra is not None and ra == rb:  # the common case: identical records, one side's bookkeeping
                 sa.absorb(ra)
                 sa.context.append(ra)
                 continue
@@ -166,7 +165,7 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
             for k in differ:
                 kinds[k] += 1
             if first is None:
-                if pa is None:
+                if pa is None or pb is None:
                     pa = project(ra, dropped, None, i, before_a)
                     pb = project(rb, dropped, None, i, before_b)
                 first = FirstDivergence(
@@ -191,17 +190,17 @@ def diff(a: Trace, b: Trace, options: Options = Options()) -> DiffResult:
             names_a=tuple(sa.rids), names_b=tuple(sb.rids))
     lifecycles = paired(sa.life, sb.life) if first is not None else ()
     if first is not None:
-        verdict = "diverged"
+        verdict = Outcome.DIVERGED
     elif sa.iterations == 0 and sb.iterations == 0:
-        verdict = "empty"
+        verdict = Outcome.EMPTY
     else:
-        verdict = "same"
+        verdict = Outcome.SAME
     return DiffResult(verdict, options.level, tuple(sorted(options.ignore)), tuple(blocking),
                       tuple(notes), max(sa.iterations, sb.iterations), max(sa.forwards, sb.forwards),
                       first, {k: v for k, v in kinds.items() if v}, differing, lifecycles, end_a, end_b)
 
 
-def _namer(rids: Optional[list]):
+def _namer(rids: Optional[list[str]]) -> Callable[[Any], str]:
     def name(n: Any) -> str:
         if rids is not None and isinstance(n, int) and 0 <= n < len(rids):
             return rids[n]

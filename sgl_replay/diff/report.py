@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import msgspec
 
 from sgl_replay.diff.lifecycle import Lifecycle
 from sgl_replay.diff.lockstep import DiffResult
+from sgl_replay.diff.outcome import Outcome
 from sgl_replay.trace.format import unpack_ids
 from sgl_replay.trace.text import iteration_lines, names_from
 
@@ -22,7 +23,7 @@ def text_lines(result: DiffResult, label_a: str = "A", label_b: str = "B") -> It
     yield f"B = {label_b}"
     for note in result.header_notes:
         yield f"note: {note}"
-    if result.verdict == "not comparable":
+    if result.verdict is Outcome.NOT_COMPARABLE:
         yield "not comparable:"
         for reason in result.not_comparable:
             yield f"  - {reason}"
@@ -31,14 +32,15 @@ def text_lines(result: DiffResult, label_a: str = "A", label_b: str = "B") -> It
     for reason in result.not_comparable:
         yield f"warning (--force): {reason}"
     scope = f"level {result.level}" + (f", ignoring {', '.join(result.ignored)}" if result.ignored else "")
-    if result.verdict == "empty":
+    if result.verdict is Outcome.EMPTY:
         yield f"nothing compared ({scope}): neither trace holds a single loop iteration"
         return
-    if result.verdict == "same":
+    if result.verdict is Outcome.SAME:
         yield (f"same: {result.iterations_compared} recorded iterations and "
                f"{result.forwards_compared} forward batches match ({scope})")
         return
     first = result.first
+    assert first is not None  # a DIVERGED result has its first divergence
     yield f"diverged at iteration {first.iteration} ({scope}; differs in {', '.join(first.kinds)}):"
     for reason in first.reasons[:REASONS_SHOWN]:
         yield f"  - {reason}"
@@ -69,17 +71,18 @@ def text_lines(result: DiffResult, label_a: str = "A", label_b: str = "B") -> It
             yield f"  ... {len(changed) - LIFECYCLE_ROWS_SHOWN} more (--json has them all)"
 
 
-def _values(life) -> tuple:
+def _values(life: Optional[Lifecycle]) -> tuple[Any, ...]:
     return life.values() if life is not None else ()
 
 
-def _lifecycle_table(rows) -> Iterator[str]:
+def _lifecycle_table(rows: list[tuple[str, Optional[Lifecycle], Optional[Lifecycle]]]) -> Iterator[str]:
     headers = ("rid", "side") + Lifecycle.columns()
     table = []
     for rid, la, lb in rows:
         for side, life in (("A", la), ("B", lb)):
             cells = [rid if side == "A" else "", side]
-            cells += ["-" if v is None else str(v) for v in life.values()] if life else ["absent"] + [""] * (len(Lifecycle.columns()) - 1)
+            cells += (["-" if v is None else str(v) for v in life.values()] if life
+                      else ["absent"] + [""] * (len(Lifecycle.columns()) - 1))
             table.append(cells)
     widths = [max(len(h), *(len(r[k]) for r in table)) for k, h in enumerate(headers)]
     yield "  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths))
@@ -102,10 +105,11 @@ def to_plain(result: DiffResult, label_a: str = "A", label_b: str = "B") -> dict
         first = data["first"]
         first.pop("names_a")
         first.pop("names_b")
-    return json.loads(json.dumps(data, default=_plain))
+    plain: dict[str, Any] = json.loads(json.dumps(data, default=_plain))
+    return plain
 
 
-def _plain(value):
+def _plain(value: object) -> Any:
     """JSON for what json cannot write: token ids as numbers, records as maps."""
     if isinstance(value, bytes):
         return unpack_ids(value)

@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 from sgl_replay.job import Job
+from sgl_replay.runs import progress
 from sgl_replay.runs.engine import Engine
 from sgl_replay.runs.errors import EngineDied, EngineError, ScriptFailed, ScriptTimedOut
 from sgl_replay.trace.format import End, Source, Workload
@@ -64,8 +65,10 @@ def run_capture(engine: Engine, script: str, out: str, *, source: Source,
     job = Job(path=partial, source=source, engine_args=engine.config.engine_args,
               env=engine.config.env, model_config=engine.config.model_config,
               workload=workload, trace=trace, argv=argv, cost=cost)
+    replayed = trace if source.kind == "replay" else None  # else a workload's input, or none
     try:
-        engine.run_script(script, job, timeout_s=timeout_s)
+        with progress.bar("replay" if replayed else "record", path=partial, against=replayed):
+            engine.run_script(script, job, timeout_s=timeout_s)
     except ScriptTimedOut:
         engine.stop()
         reason = f"deadline passed ({timeout_s:g}s)"
@@ -90,6 +93,7 @@ def _read_end(path: str) -> End:
     with TraceReader(path) as reader:
         for _ in reader.iterations():
             pass
+        assert reader.end is not None  # a trace reads whole only up to its end record
         return reader.end
 
 

@@ -1,7 +1,7 @@
 """Replay a trace and diff the replay against it: the one `check` behind the
 CLI, the golden suite, bisect and the tests, and its typed verdict.
 
-Exit codes are defined here and nowhere else (git bisect run understands
+Exit codes (diff/outcome.py, with the outcomes; git bisect run understands
 them): 0 same, 1 diverged or a run that failed part way, 2 bad usage or bad
 input, 125 could not run this revision (the engine did not start or import)
 or replays that disagreed, 130 interrupted, 255 an internal error of
@@ -11,13 +11,13 @@ sgl-replay (git bisect run aborts on it instead of blaming the commit).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from sgl_replay.diff import DiffResult, Options, diff
+from sgl_replay.diff.outcome import ExitCode, Outcome
 from sgl_replay.diff.report import text_lines, to_plain
 from sgl_replay.runs.capture import CaptureFailed
 from sgl_replay.runs.engine import EngineConfig
@@ -36,41 +36,12 @@ from sgl_replay.views import write_report
 REPLAY_TIMEOUT_S = 3600.0
 
 
-class ExitCode(enum.IntEnum):
-    SAME = 0
-    DIVERGED = 1  # also: a run that failed part way (its trace is kept, sealed)
-    BAD_INPUT = 2  # bad usage, an unreadable or unusable trace
-    SKIP = 125  # could not run here, or --repeat replays disagreed
-    INTERRUPTED = 130
-    INTERNAL = 255  # a bug in sgl-replay, never a verdict on the code under test
-
-
-class Outcome(str, enum.Enum):
-    SAME = "same"
-    DIVERGED = "diverged"
-    INCONCLUSIVE = "inconclusive"  # some of the --repeat replays diverged, not all
-    FAILED = "failed"  # the replay stopped part way (script failed, engine died)
-    COULD_NOT_RUN = "could not run"  # the engine did not start or import here
-    BAD_INPUT = "bad input"
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return _EXIT_CODES[self]
-
-
-_EXIT_CODES = {Outcome.SAME: ExitCode.SAME, Outcome.DIVERGED: ExitCode.DIVERGED,
-               Outcome.INCONCLUSIVE: ExitCode.SKIP, Outcome.FAILED: ExitCode.DIVERGED,
-               Outcome.COULD_NOT_RUN: ExitCode.SKIP, Outcome.BAD_INPUT: ExitCode.BAD_INPUT}
-
-
 def outcome_of(result: DiffResult) -> Outcome:
     """A diff's verdict as a check outcome: nothing compared is bad input,
     never `same`."""
-    if result.verdict == "same":
-        return Outcome.SAME
-    if result.verdict == "diverged":
-        return Outcome.DIVERGED
-    return Outcome.BAD_INPUT  # "not comparable", "empty"
+    if result.verdict in (Outcome.SAME, Outcome.DIVERGED):
+        return result.verdict
+    return Outcome.BAD_INPUT  # not comparable, empty
 
 
 @dataclass(frozen=True)
@@ -166,7 +137,7 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
             return Verdict(Outcome.COULD_NOT_RUN, message=f"cannot import the engine here: {e}")
         except EngineError as e:
             return Verdict(Outcome.COULD_NOT_RUN, message=str(e))
-        overrides = {"device": device, "engine_args": engine_args or {}}
+        overrides: dict[str, object] = {"device": device, "engine_args": engine_args or {}}
         if engine_env:
             overrides["engine_env"] = dict(engine_env)
         if skip_model:
@@ -187,7 +158,7 @@ def check(trace: str, *, pool: Optional[EnginePool] = None, device: Optional[str
                                                      if kept else ""))
                 with TraceReader(trace) as a, TraceReader(path) as b:
                     results.append(diff(a, b, options))
-            diverged = [k for k, r in enumerate(results) if r.verdict == "diverged"]
+            diverged = [k for k, r in enumerate(results) if r.verdict is Outcome.DIVERGED]
             shown = diverged[0] if diverged else 0
             timed = None
             if cost is not None:

@@ -97,8 +97,8 @@ class _PortTaken(EngineError):
 class _DiedSilently(EngineError):
     """A worker vanished during start-up without logging why (sglang's
     workers log WORKER_FAILURE_MARKER when they raise): killed from outside,
-    seen once in this suite, cause unknown. Tried once more; a second silent
-    death is reported."""
+    by something this process cannot see (the OOM killer on a crowded
+    machine, say). Tried once more; a second silent death is reported."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +125,7 @@ class EngineConfig:
     def key(self) -> str:
         """Equal keys mean one engine can serve both configurations."""
         parts: list[Any] = [self.engine_args, self.env, self.model_config]
-        if self.sys_path:  # absent: the same key as before this field existed
+        if self.sys_path:  # absent when empty: a configuration without one keeps its key
             parts.append(list(self.sys_path))
         blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -181,6 +181,7 @@ class Engine:
                 silent_deaths += 1
                 if silent_deaths == 2 or attempt == PORT_ATTEMPTS:
                     raise EngineError(str(e)) from None
+        raise AssertionError("the last attempt returns or raises")
 
     @classmethod
     def _launch(cls, config: EngineConfig, timeout_s: float, extra_sys_path: tuple[str, ...]) -> "Engine":
@@ -190,8 +191,8 @@ class Engine:
         log_path = work_dir / "engine.log"
         # The control channel (pickled harness messages) is a unix socket in
         # a 0700 directory: only this user can connect, so what arrives there
-        # comes from the engine we started. A TCP port was open to every local
-        # user during the ~25 s start-up.
+        # comes from the engine we started (a TCP port would be open to every
+        # local user during the ~25 s start-up).
         control_dir = work_dir
         if len(str(work_dir / "control")) > _SOCKET_PATH_MAX:
             control_dir = Path(tempfile.mkdtemp(prefix="sglr-", dir="/tmp"))

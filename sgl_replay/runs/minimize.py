@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import msgspec
 
@@ -150,7 +150,7 @@ def minimize(trace: str, output: str, *, pool: Optional[EnginePool] = None, devi
     requests_before = sum(u.request for u in units)
     own_pool = pool is None
     pool = pool or EnginePool(max_live=2)
-    suspect = dict(engine_args=engine_args, engine_env=engine_env, engine_path=tuple(engine_path),
+    suspect: dict[str, Any] = dict(engine_args=engine_args, engine_env=engine_env, engine_path=tuple(engine_path),
                    device=device, options=options, timeout_s=timeout_s)
     try:
         progress(f"{os.path.basename(trace)}: {requests_before} requests, {len(units) - requests_before} "
@@ -213,10 +213,12 @@ def minimize(trace: str, output: str, *, pool: Optional[EnginePool] = None, devi
             result, steps = ddmin(list(units), test)
             key = frozenset(u.name for u in result)
             if key not in cache:  # nothing smaller diverged: record the whole set once
-                if not test(result, steps):
-                    raise NotDiverging("the whole trace diverges, but its recording on the baseline "
-                                       "does not; the trace's own run cannot be reproduced here")
-            shutil.copyfile(cache[key], output)
+                test(result, steps)
+            kept = cache[key]
+            if kept is None:
+                raise NotDiverging("the whole trace diverges, but its recording on the baseline "
+                                   "does not; the trace's own run cannot be reproduced here")
+            shutil.copyfile(kept, output)
         res = MinimizeResult(output=output, units_before=len(units), units_after=len(result),
                              requests_before=requests_before, requests_after=sum(u.request for u in result),
                              steps=steps, candidates=count[0], seconds=0.0, kinds=kinds,

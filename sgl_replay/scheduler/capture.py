@@ -45,6 +45,7 @@ import logging
 import os
 import sys
 import time
+from types import FrameType
 from typing import Optional
 
 from sgl_replay.scheduler.recorder import Probe, Recording
@@ -107,7 +108,7 @@ def in_scheduler_process() -> bool:
     """Whether sglang is loading plugins for a scheduler process (its
     `run_scheduler_process` is on the stack): sglang loads plugins in every
     process, and only the scheduler needs these hooks."""
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "run_scheduler_process":
             return True
@@ -268,7 +269,7 @@ class Capture(Probe):
     def step(self) -> None:
         """Between two loop iterations: close the one that ran, open the next."""
         rec = self.recording
-        if self._open:
+        if self._open and rec is not None:  # open only while recording
             if self.scheduler._engine_paused:
                 rec.on_idle()  # a paused engine's loop spins without running anything
             self._open = False
@@ -291,15 +292,16 @@ class Capture(Probe):
 
     def _next_file(self) -> None:
         """Stop at the size cap, or go on in the chain's next file."""
-        rec = self.recording
+        rec, segment = self.recording, self.header.segment
+        assert rec is not None and segment is not None  # called while recording a chain
         written = self.earlier_bytes + rec.writer.file_bytes
         if self.max_bytes and written >= self.max_bytes:
             self.finish(complete=False, reason=f"size cap: {written} bytes written, {MAX_BYTES_ENV}={self.max_bytes}; "
                                                f"not recording any more, the server keeps serving", wait=False)
             return
-        index = self.header.segment.index + 1
-        self.header.segment = Segment(run=self.header.segment.run, index=index)
-        path = os.path.join(self.directory, segment_name(self.header.segment.run, index))
+        index = segment.index + 1
+        self.header.segment = Segment(run=segment.run, index=index)
+        path = os.path.join(self.directory, segment_name(segment.run, index))
         self.earlier_bytes += rec.writer.file_bytes
         rec.rotate(path, self.header)
         self.path = path
@@ -307,18 +309,21 @@ class Capture(Probe):
             self._rotate_at = time.monotonic() + self.segment_seconds
 
     def _faulty_end(self) -> None:
+        rec = self.recording
+        assert self._fault is not None and rec is not None  # the end of an iteration, with a fault set
         kind, at = self._fault
-        if self.recording.i == at:
+        if rec.i == at:
             if kind == "oserror":
                 import errno
 
-                writer = self.recording.writer
+                writer = rec.writer
                 writer._failed = writer._disk_error = OSError(errno.ENOSPC, "No space left on device (injected)")
             else:
                 raise RuntimeError(f"injected recorder fault at iteration {at}")
-        self.recording.end_iteration()
+        rec.end_iteration()
 
     def on_inputs(self, recv_reqs) -> None:
+        assert self.recording is not None  # the hook calls this only while recording
         on_input = self.recording.on_input
         for obj in recv_reqs:
             if type(obj).__name__ not in NOT_INPUTS:
@@ -338,7 +343,7 @@ class Capture(Probe):
         self.recording = None
         try:
             end = rec.close(complete=complete, reason=reason, recorder_seconds=self.own_seconds,
-                            busy=tuple(self.busy), wait=wait)
+                            busy=(self.busy[0], self.busy[1]), wait=wait)
         except Exception:  # noqa: BLE001
             import traceback
 
@@ -361,7 +366,7 @@ class Capture(Probe):
         if rec is not None:
             try:
                 rec.close(complete=False, reason=reason, recorder_seconds=self.own_seconds,
-                          busy=tuple(self.busy), wait=wait)
+                          busy=(self.busy[0], self.busy[1]), wait=wait)
             except Exception:  # noqa: BLE001
                 state = "sealed as incomplete" if wait else "to be sealed as incomplete"
                 try:

@@ -71,8 +71,9 @@ def _field_names(server_args) -> list[str]:
     sglang 0.5.23, a dataclass before."""
     if dataclasses.is_dataclass(server_args):
         return [f.name for f in dataclasses.fields(server_args)]
-    cls = server_args if isinstance(server_args, type) else type(server_args)
-    return list(cls.__struct_fields__)
+    import msgspec
+
+    return [f.name for f in msgspec.structs.fields(server_args)]
 
 
 def _resolved(scheduler) -> Resolved:
@@ -85,8 +86,9 @@ def _resolved(scheduler) -> Resolved:
 def _defaults(server_args) -> dict[str, Any]:
     """ServerArgs' field defaults (a msgspec Struct in 0.5.23, a dataclass before)."""
     if dataclasses.is_dataclass(server_args):
-        fields = [(f.name, f.default, f.default_factory) for f in dataclasses.fields(server_args)]
-        missing = dataclasses.MISSING
+        fields: list[tuple[str, Any, Any]] = [(f.name, f.default, f.default_factory)
+                                              for f in dataclasses.fields(server_args)]
+        missing: object = dataclasses.MISSING
     else:
         import msgspec
 
@@ -133,7 +135,7 @@ _UNREPLAYABLE_ENV = (
 
 def not_replayable(server_args, environ=os.environ) -> list[str]:
     """Why a capture of a server with these settings cannot be replayed."""
-    reasons = []
+    reasons: list[str] = []
     for name, fine, why in _UNREPLAYABLE_ARGS:
         value = getattr(server_args, name, fine)
         if isinstance(fine, bool):

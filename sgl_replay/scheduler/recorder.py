@@ -210,7 +210,8 @@ class Probe:
                 rec.close(complete=False, reason="recorder failed")
             except Exception:  # noqa: BLE001
                 pass
-        self.recording = _FailedRecording(rec)
+        # a stand-in with the calls a script's loop makes of a Recording
+        self.recording = _FailedRecording(rec)  # type: ignore[assignment]
 
 
 class _FailedRecording:
@@ -338,7 +339,7 @@ class Recording:
         # The same Req objects in the same order as the previous batch (list
         # equality tests identity first): the same numbers, as the same list,
         # which the writer then leaves out of the trace.
-        if reqs == self._last_req_objs:
+        if reqs == self._last_req_objs and self._last_reqs is not None:  # set together
             nums = self._last_reqs
         else:
             req_of_rid = self.req_of_rid
@@ -480,6 +481,7 @@ class Recording:
         end = End(complete=False, reason=f"rotated: continues in {os.path.basename(path)}",
                   iterations=self.next_i, forwards=forwards, requests=requests,
                   seconds=round(time.monotonic() - self.started, 6))
+        assert header.segment is not None  # a chain's link: rotated by the capture
         segment = msgspec.structs.replace(header.segment, iterations=self.next_i, forwards=forwards,
                                           requests=requests)
         writer = TraceWriter(path, msgspec.structs.replace(header, segment=segment, timing=self.timing),

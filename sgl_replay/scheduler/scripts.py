@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Generator
+from typing import Generator, Optional
 
 import msgspec
 
@@ -47,6 +47,7 @@ RESPONSES_DRAIN_S = 60.0
 
 def record(ctx, job: Job) -> Generator:
     probe = active_probe(ctx.scheduler)
+    assert job.workload is not None  # a recording's job names its workload (runs/record.py)
     workload = workloads.generator(ctx, job.workload)
     yield from probe.settle()
     clock = ModelledClock(from_builtins(job.cost)) if job.cost is not None else None
@@ -65,6 +66,7 @@ def replay(ctx, job: Job) -> Generator:
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"
     poster = shared_poster()
+    assert job.trace is not None  # a replay's job names its trace (runs/replay.py)
     rids, forced = _read_rids_and_outputs(job.trace)
     yield from probe.settle(rids)
     skip = bool((job.source.overrides or {}).get("skip_model"))
@@ -75,7 +77,7 @@ def replay(ctx, job: Job) -> Generator:
         try:
             if clock is not None:
                 follows = {}
-                if forced:  # a capture: its chats' next turns wait for their answers
+                if forced and job.trace is not None:  # a capture: its chats' next turns wait for their answers
                     with TraceReader(job.trace) as again:
                         follows = follow_ups(again.iterations())
                 limit = (job.source.overrides or {}).get("max_in_flight")
@@ -85,11 +87,11 @@ def replay(ctx, job: Job) -> Generator:
                                      release=release if follows or release.limit else None)
             else:
                 for record in recorded.iterations():
-                    while probe.recording.next_i < record.i:
+                    while probe.recording.next_i < record.i:  # type: ignore[union-attr]  # set until probe.stop()
                         yield
                     for item in record.inputs:
                         feed(probe, poster, base_url, item)
-                while probe.recording.next_i < recorded.end.iterations:
+                while probe.recording.next_i < recorded.end.iterations:  # type: ignore[union-attr]  # as above; end: read whole
                     yield
         except Exception as e:
             probe.stop(complete=False, reason=f"replay stopped: {type(e).__name__}: {e}")

@@ -27,6 +27,7 @@ SCRIPT = "sgl_replay.scheduler.subset:record_subset"
 
 
 def record_subset(ctx, job: Job) -> Generator:
+    assert job.trace is not None  # the subset's plan (runs/minimize.py)
     with open(job.trace, "rb") as f:
         plan = msgspec.msgpack.decode(f.read())
     steps = [(int(i), list(items)) for i, items in plan["iterations"]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generator, Optional
+from typing import Generator, Optional, TypeVar
 
 from sgl_replay.timing.model import ModelledClock
 
@@ -23,10 +23,12 @@ from sgl_replay.timing.model import ModelledClock
 # that never gets there is reported, not waited on.
 DRAIN_MAX_ITERS = 1_000_000
 
+Input = TypeVar("Input")  # what is fed: a recorded input, a public trace's request
 
-def run(ctx, clock: ModelledClock, events: Iterable[tuple[int, dict]],
-        feed: Callable[[dict, int], None],
-        release: Optional[Callable[[dict, int], Optional[int]]] = None) -> Generator:
+
+def run(ctx, clock: ModelledClock, events: Iterable[tuple[int, Input]],
+        feed: Callable[[Input, int], None],
+        release: Optional[Callable[[Input, int], Optional[int]]] = None) -> Generator:
     """Feed `events` ((arrival in us, input), in recorded order) by `clock`,
     then drain. `feed(input, arrival_us)` sends one input and returns once
     the scheduler will pull it in this iteration. `release(input,
@@ -34,11 +36,11 @@ def run(ctx, clock: ModelledClock, events: Iterable[tuple[int, dict]],
     for its earlier turn's answer: the time to send it, or None while that
     answer is not there yet); inputs due at the same time go in recorded
     order."""
-    upcoming: Iterator[tuple[int, dict]] = iter(events)
+    upcoming: Iterator[tuple[int, Input]] = iter(events)
     nxt = next(upcoming, None)
     seq = 0
-    due: list[tuple[int, int, dict]] = []  # (time to send, recorded order, input)
-    held: list[tuple[int, int, dict]] = []  # (recorded time, recorded order, input)
+    due: list[tuple[int, int, Input]] = []  # (time to send, recorded order, input)
+    held: list[tuple[int, int, Input]] = []  # (recorded time, recorded order, input)
     while nxt is not None or due or held:
         while nxt is not None and nxt[0] <= clock.now_us:
             held.append((nxt[0], seq, nxt[1]))

@@ -173,11 +173,11 @@ def serve(ctx, duration_s: float | None = None, idle_s: float | None = None) -> 
 
 def generator(ctx, workload: WorkloadSpec) -> Generator:
     """The running script for `workload`, inside the scheduler."""
-    if workload.kind == "builtin":
+    if workload.kind == "builtin" and workload.name is not None:
         return BUILTIN_SCRIPTS[workload.name](ctx)
     if workload.kind == "serve":
         return serve(ctx, duration_s=workload.duration_s, idle_s=workload.idle_s)
-    if workload.kind == "script":
+    if workload.kind == "script" and workload.name is not None:
         return specs.resolve(workload.name)(ctx)
     if workload.kind == "public":
         return public_trace(ctx, workload)

@@ -77,7 +77,8 @@ class Latency:
         for r in done:
             gaps.extend(b - a for a, b in zip(r.tokens, r.tokens[1:]))
         tokens = sum(r.output_len or len(r.tokens) for r in done)
-        span = (max(r.finish for r in done) - min(r.arrival for r in done)) / 1000 if done else 0.0
+        finishes = [r.finish for r in done if r.finish is not None]
+        span = (max(finishes) - min(r.arrival for r in done)) / 1000 if done else 0.0
         return {
             "clock": self.clock,
             "requests": len(self.requests),
@@ -217,15 +218,16 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         return round((y - x) / x * 100, 3) if x and y is not None else None
 
     ttft, e2e = sorted(per_request("ttft_ms")), sorted(per_request("e2e_ms"))
+    ttft_p90, e2e_p90 = figure("ttft_ms", "p90"), figure("e2e_ms", "p90")
     ta, tb = a.get("throughput_tok_s"), b.get("throughput_tok_s")
     return {
         "requests_compared": len(common),
         "matched_by": matched_by,
         "ttft_median_abs_pct": round(percentile(ttft, 50), 3) if ttft else None,
-        "ttft_p90_abs_pct": None if figure("ttft_ms", "p90") is None else abs(figure("ttft_ms", "p90")),
+        "ttft_p90_abs_pct": None if ttft_p90 is None else abs(ttft_p90),
         "ttft_per_request_p90_abs_pct": round(percentile(ttft, 90), 3) if ttft else None,
         "e2e_median_abs_pct": round(percentile(e2e, 50), 3) if e2e else None,
-        "e2e_p90_abs_pct": None if figure("e2e_ms", "p90") is None else abs(figure("e2e_ms", "p90")),
+        "e2e_p90_abs_pct": None if e2e_p90 is None else abs(e2e_p90),
         "throughput_pct": round((tb - ta) / ta * 100, 3) if ta and tb is not None else None,
         "ttft_p50_pct": figure("ttft_ms", "p50"),
         "ttft_p90_pct": figure("ttft_ms", "p90"),

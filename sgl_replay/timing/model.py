@@ -177,12 +177,12 @@ class Tracker:
         in a trace's iteration numbers is iterations that ran no batch)."""
         cur = _ZERO
         for mode, reqs, new, cached in batches:
-            f = self.batch(mode, reqs, new, cached)
-            cur = f if cur is _ZERO else tuple(a + b for a, b in zip(cur, f))
+            one = self.batch(mode, reqs, new, cached)
+            cur = one if cur is _ZERO else tuple(a + b for a, b in zip(cur, one))
         prev = self.prev if follows else _ZERO
         self.prev = cur
-        for f in finished:
-            self.length.pop(f[0], None)
+        for done in finished:
+            self.length.pop(done[0], None)
         return [1.0, *cur, *prev]
 
 

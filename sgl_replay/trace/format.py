@@ -79,7 +79,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import msgspec
 
@@ -107,7 +107,13 @@ class Batch(msgspec.Struct, omit_defaults=True):
     fwd: int
     mode: Optional[str]
     tokens: int
-    reqs: Optional[list[int]] = None  # None only in the file; the reader fills it in
+    # Absent (or null) in the file where it repeats the previous batch's; the
+    # reader fills it in, so every Batch it yields has a list, which is what
+    # the type checker is told.
+    if TYPE_CHECKING:
+        reqs: list[int]
+    else:
+        reqs: Optional[list[int]] = None
     new: Optional[list[int]] = None
     cached: Optional[list[int]] = None
     chunked: Optional[int] = None
@@ -124,15 +130,15 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     """Absent fields read as an empty tuple (shared, unlike a fresh list per
     record: 10% of decode time); present ones decode as lists."""
     i: int
-    inputs: Sequence[dict] = ()
+    inputs: Sequence[dict[str, Any]] = ()
     batches: Sequence[Batch] = ()
     state: Optional[State] = None
-    finished: Sequence[list] = ()  # [req, reason, output_len, output_hash]
+    finished: Sequence[list[Any]] = ()  # [req, reason, output_len, output_hash]
     retracted: Sequence[int] = ()
     # Captures of a plain server only (workload kind "capture"): the output
     # token ids of each request that finished in this iteration, so that a
     # replay can force them. Absent in every other trace.
-    outputs: Sequence[list] = ()  # [req, output ids as int32 little-endian bytes]
+    outputs: Sequence[list[Any]] = ()  # [req, output ids as int32 little-endian bytes]
     # Timed recordings only (Header.timing): when this iteration ended, in ms
     # since the recording started, and when each input reached the scheduler
     # (parallel to inputs). Absent elsewhere: a scripted recording is a pure
@@ -193,7 +199,7 @@ class Resolved(msgspec.Struct, omit_defaults=True):
 
 
 class Model(msgspec.Struct, omit_defaults=True):
-    config: Optional[dict] = None  # config.json of the embedded model
+    config: Optional[dict[str, Any]] = None  # config.json of the embedded model
     path: Optional[str] = None
     # What a replay on the embedded model needs of a real one: every recorded
     # token id and position must be valid there.
@@ -229,13 +235,13 @@ class Workload(msgspec.Struct, omit_defaults=True):
     # block_size, iteration_ms, clock).
     path: Optional[str] = None
     sha256: Optional[str] = None
-    options: Optional[dict] = None
+    options: Optional[dict[str, Any]] = None
 
 
 class Source(msgspec.Struct, omit_defaults=True):
     kind: str = "record"  # "record" | "replay"
     trace: Optional[str] = None  # a replay's recorded trace
-    overrides: Optional[dict] = None  # a replay's device and engine-argument overrides
+    overrides: Optional[dict[str, Any]] = None  # a replay's device and engine-argument overrides
 
 
 class Segment(msgspec.Struct, omit_defaults=True):
@@ -266,24 +272,24 @@ class Timing(msgspec.Struct, omit_defaults=True):
     "modeled" (a virtual clock advanced by `cost`, a cost model as plain
     values: sgl_replay/timing/model.py reads and checks it)."""
     clock: str
-    cost: Optional[dict] = None
+    cost: Optional[dict[str, Any]] = None
 
 
 class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     format: Optional[int] = None
     versions: Versions = msgspec.field(default_factory=Versions)
     device: Device = msgspec.field(default_factory=Device)
-    engine_args: dict = msgspec.field(default_factory=dict)  # as given to the engine
-    server_args: dict = msgspec.field(default_factory=dict)  # every ServerArgs field, resolved
-    env: dict = msgspec.field(default_factory=dict)  # engine environment knobs set for the run
-    env_inherited: dict = msgspec.field(default_factory=dict)  # SGLANG_* it inherited
+    engine_args: dict[str, Any] = msgspec.field(default_factory=dict)  # as given to the engine
+    server_args: dict[str, Any] = msgspec.field(default_factory=dict)  # every ServerArgs field, resolved
+    env: dict[str, Any] = msgspec.field(default_factory=dict)  # engine environment knobs set for the run
+    env_inherited: dict[str, Any] = msgspec.field(default_factory=dict)  # SGLANG_* it inherited
     resolved: Resolved = msgspec.field(default_factory=Resolved)
     model: Model = msgspec.field(default_factory=Model)
     pools: Pools = msgspec.field(default_factory=Pools)
     workload: Optional[Workload] = None
     source: Source = msgspec.field(default_factory=Source)
     argv: Optional[list[str]] = None
-    platform: Optional[dict] = None
+    platform: Optional[dict[str, Any]] = None
     # Why this run cannot be replayed (speculative decoding, data-parallel
     # attention, ...), said at record time; `check` refuses such a trace.
     not_replayable: list[str] = msgspec.field(default_factory=list)
@@ -293,9 +299,10 @@ class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
     # A timed recording: every written iteration carries "ms" (see above)
     timing: Optional[Timing] = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain values, as stored (for JSON output and for writing)."""
-        return msgspec.to_builtins(self)
+        plain: dict[str, Any] = msgspec.to_builtins(self)
+        return plain
 
 # What a replay takes from a trace's header, and nothing else: the settings
 # that decide scheduling. A trace is untrusted input (shared in bug reports,
@@ -339,7 +346,7 @@ SCHEDULING_ENV = {
 REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")
 
 
-def pack_ids(ids) -> bytes:
+def pack_ids(ids: Sequence[int]) -> bytes:
     """Token ids as int32 little-endian bytes (the trace's input_ids). A
     capture packs every prompt in the scheduler loop: struct packs a list
     three times as fast as array does. ValueError for an id past int32."""
@@ -349,7 +356,7 @@ def pack_ids(ids) -> bytes:
         raise ValueError(f"token ids: {e}") from None
 
 
-def hash_ids(ids) -> int:
+def hash_ids(ids: Sequence[int]) -> int:
     """A request's output ids as finish records keep them: blake2b-8 of their
     int64 native-order bytes (those of array("q", ids), which struct packs
     three times as fast)."""

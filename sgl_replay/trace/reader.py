@@ -22,17 +22,18 @@ from __future__ import annotations
 import gc
 import os
 import re
-from typing import Iterator, Optional
+from typing import Any, Iterable, Iterator, NoReturn, Optional
 
 import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, SEGMENT_SUFFIX, End,
+from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, SEGMENT_SUFFIX, Batch, End,
                                      Header, Iteration, Record, Segment, pack_ids)
 
 # Caps on what a file can make the reader hold. They are constants, not
-# anything the file declares: a 39 KB file used to make a read allocate 2 GB.
+# anything the file declares: a size a file declares is what a hostile one
+# would inflate (tests/test_trace_fuzz.py reads such files).
 # A trace block (format 3) or a record (formats 1 and 2) up to this many
 # bytes. The writer's blocks are about BLOCK_BYTES (64 KiB) plus one record,
 # and it refuses a record that would not fit; 64 MiB still holds one
@@ -77,7 +78,7 @@ class _RecordStream:
                                           max_buffer_size=MAX_BLOCK_BYTES)
         self._first_raw = first_raw
 
-    def feed(self, data: bytes) -> list[list]:
+    def feed(self, data: bytes) -> list[list[Any]]:
         """The records that `data` completes (a list of one list, or two: the
         header apart)."""
         try:
@@ -99,14 +100,15 @@ class _RecordStream:
             raise _BadData("ends inside a record")
 
 
-def _typed_record(record):
+def _typed_record(record: Any) -> Record:
     """A format 1 or 2 record as format 3 decodes it. Format 1 (and early 2)
     wrote input ids as a list of ints."""
     if type(record) is dict and record.get("t") == ITER:
         for item in record.get("inputs", ()):
             if type(item) is dict and type(item.get("input_ids")) is list:
                 item["input_ids"] = pack_ids(item["input_ids"])
-    return msgspec.convert(record, Record)
+    typed: Record = msgspec.convert(record, Record)
+    return typed
 
 
 class _BlockStream:
@@ -120,15 +122,15 @@ class _BlockStream:
         self._decoder = self._plain if header else self._typed
         self._header = header  # the header's frame holds the header alone
         # A block that a later chunk completes, grown in place (copying it
-        # whole on every read was quadratic), and its size with the length
+        # whole on every read would be quadratic), and its size with the length
         # prefix: 0 while that prefix itself is cut.
         self._pending = bytearray()
         self._pending_size = 0
 
-    def feed(self, data: bytes) -> Iterator[list]:
+    def feed(self, data: bytes) -> Iterator[list[Any]]:
         """The blocks that `data` completes, each a list of records. Blocks
         are decoded where they lie in `data` (copying every chunk through a
-        buffer made prompt-heavy traces read 1.2x to 1.5x slower)."""
+        buffer makes prompt-heavy traces read 1.2x to 1.5x slower)."""
         pending = self._pending
         if pending:
             if not self._pending_size:  # a cut length prefix: a few bytes
@@ -171,7 +173,7 @@ class _BlockStream:
                 start = end
                 yield records
 
-    def _decode(self, data) -> list:
+    def _decode(self, data: memoryview) -> list[Any]:
         records = _decode_without_gc_passes(self._decoder, data)
         if not records:
             raise _BadData("a block of no records")  # the writer never writes one
@@ -192,7 +194,7 @@ def _prefix_size(marker: int) -> int:
     return 1 if marker < 0x80 else 1 + _UINT_SIZES[marker]
 
 
-def _decode_without_gc_passes(decoder, data):
+def _decode_without_gc_passes(decoder: msgspec.msgpack.Decoder[list[Any]], data: memoryview) -> list[Any]:
     """A block's hundreds of new objects would trigger several cyclic GC
     passes inside the one C call that builds them (no Python code runs there,
     so pausing the collector is not observable): about 12% of decode time."""
@@ -241,7 +243,7 @@ class TraceReader:
             raise TraceError(f"cannot open trace {path}: {e.strerror}") from None
         self.file_bytes += os.fstat(self._file.fileno()).st_size
         self.good_bytes = 0  # end of the last frame that ended and whose records all checked
-        self.torn_records: list = []  # with keep_torn: records of the frame being read that checked
+        self.torn_records: list[Record] = []  # with keep_torn: records of the frame being read that checked
         self.end: Optional[End] = None
         self.format: Optional[int] = None
         self._header_frame_blocks = False  # the header came in a frame of blocks (format 3)
@@ -285,7 +287,7 @@ class TraceReader:
                              f"{end.requests})")
         return seg
 
-    def _check_header(self, first) -> Header:
+    def _check_header(self, first: Any) -> Header:
         path = self.path
         if first is None:
             raise TraceError(f"{path}: empty file, not a trace")
@@ -312,7 +314,7 @@ class TraceReader:
     def __enter__(self) -> "TraceReader":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -344,9 +346,10 @@ class TraceReader:
           batch's fwd + 1 (0 without batches), requests == generate inputs.
         The hot loop of every reader: keep it lean."""
         keep_torn = self._keep_torn
-        seg = self._first_segment
+        seg: Optional[Segment] = self._first_segment
         while seg is not None:
             yield from self._link_iterations(seg, keep_torn)
+            assert self.end is not None  # a link's records end only at its end record
             seg = self._next_link(self.end)
 
     def _link_iterations(self, seg: Segment, keep_torn: bool) -> Iterator[Iteration]:
@@ -396,7 +399,7 @@ class TraceReader:
         raise TraceError(f"{path}: ends at byte {self.good_bytes} without the end record "
                          f"(a recording cut short: `sgl-replay seal` closes it)")
 
-    def _iter_records(self) -> Iterator:
+    def _iter_records(self) -> Iterator[Any]:
         """Records as their blocks decompress, frame after frame. Records of a
         frame that has not ended (a torn tail) are yielded too; with
         keep_torn, the current frame's checked records stay in
@@ -444,7 +447,7 @@ class TraceReader:
                 while not last:
                     block_header = read(3)
                     value = int.from_bytes(block_header, "little")
-                    last = value & 1
+                    last = bool(value & 1)
                     kind = (value >> 1) & 3
                     length = 1 if kind == 1 else value >> 3
                     if len(block_header) < 3:
@@ -467,7 +470,7 @@ class TraceReader:
                     # the new block's in the collector's young count, and no
                     # GC pass scans each new block (146 passes instead of 1 on
                     # 100k records; decoding into a list, or dropping the
-                    # block earlier, read 1.3x slower)
+                    # block sooner, reads 1.3x slower)
                     for records in stream.feed(chunk):
                         if index == 0 and self._header_frame_blocks:
                             held += records
@@ -536,13 +539,13 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())[:200]
 
 
-def _bad_request(record: Iteration, numbers, requests: int, path: str):
+def _bad_request(record: Iteration, numbers: Iterable[int], requests: int, path: str) -> NoReturn:
     bad = next(n for n in numbers if not 0 <= n < requests)
     raise TraceError(f"{path}: iteration {record.i}: request {bad} named, but only {requests} "
                      f"generate inputs so far")
 
 
-_NO_SAMPLING: dict = {}
+_NO_SAMPLING: dict[str, Any] = {}
 
 
 def _check_inputs(record: Iteration, requests: int, path: str) -> int:
@@ -575,7 +578,7 @@ def _check_inputs(record: Iteration, requests: int, path: str) -> int:
     return requests
 
 
-def _check_batch(record: Iteration, batch, requests: int, path: str) -> None:
+def _check_batch(record: Iteration, batch: Batch, requests: int, path: str) -> None:
     """An extend batch's per-request lists, and the chunked request."""
     count = len(batch.reqs)
     new, cached, chunked = batch.new, batch.cached, batch.chunked

@@ -3,7 +3,7 @@ report."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from sgl_replay.trace.format import Batch, End, Header, Iteration, State, unpack_ids
 
@@ -16,8 +16,8 @@ def names_from(table: Sequence[str]) -> Names:
     return name
 
 
-def input_text(item: dict) -> str:
-    kind = item["type"]
+def input_text(item: dict[str, Any]) -> str:
+    kind: str = item["type"]
     if kind == "generate":
         ids = unpack_ids(item.get("input_ids") or b"")
         extra = ", ".join(f"{k}={v}" for k, v in sorted(item.get("sampling", {}).items()))
@@ -34,7 +34,7 @@ def input_text(item: dict) -> str:
 
 def batch_text(batch: Batch, name: Names) -> str:
     reqs = batch.reqs
-    if batch.new is not None:
+    if batch.new is not None and batch.cached is not None:  # both or neither (the reader checks it)
         parts = []
         for n, new, cached in zip(reqs, batch.new, batch.cached):
             parts.append(f"{name(n)}+{new}" + (f"(cached {cached})" if cached else ""))

@@ -26,7 +26,7 @@ import logging
 import os
 import queue
 import threading
-from typing import BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import msgpack
 import msgspec
@@ -57,10 +57,10 @@ class TraceWriter:
         self._encoder = msgspec.msgpack.Encoder()  # msgpack's bytes, a few times faster than msgpack.Packer
         self._buffer = bytearray()  # the block's records, packed
         self._buffer_records = 0
-        self._frame = None  # the open frame's compressor
+        self._frame: Optional[zstandard.ZstdCompressionObj] = None  # the open frame's compressor
         self._frame_raw = 0
         self._last_flush: Optional[float] = None  # on the clock flush_if_due is given
-        self._last_reqs = None  # the previous forward batch's "reqs"
+        self._last_reqs: Optional[list[int]] = None  # the previous forward batch's "reqs"
         self._failed: Optional[OSError] = None  # the error that stopped this writer taking records
         self._disk_error: Optional[OSError] = None  # ... when it was the disk's: nothing more is written
         self.raw_bytes = 0
@@ -71,19 +71,18 @@ class TraceWriter:
         self.write(msgspec.to_builtins(msgspec.structs.replace(header, format=FORMAT_VERSION)))
         self.flush(end_frame=True)
 
-    def write(self, record: Union[dict, Iteration]) -> None:
+    def write(self, record: Union[dict[str, Any], Iteration]) -> None:
         """Append a record: a map as the recorder builds it, or a record as a
         reader yields it. A batch whose "reqs" equal the previous batch's
         is written without them (most decode steps); the reader fills them
         back in. The caller's record is not changed."""
         if self._failed is not None:
             raise OSError(f"trace {self.path}: writing stopped at an earlier error: {self._failed}")
-        if type(record) is Iteration:
-            record = msgspec.to_builtins(record, builtin_types=(bytes,))
-        batches = record.get("batches")
+        plain = msgspec.to_builtins(record, builtin_types=(bytes,)) if isinstance(record, Iteration) else record
+        batches = plain.get("batches")
         if batches:
-            record = self._leave_out_repeated_reqs(record, batches)
-        packed = self._encoder.encode(record)
+            plain = self._leave_out_repeated_reqs(plain, batches)
+        packed = self._encoder.encode(plain)
         if len(packed) > MAX_RECORD_BYTES:
             raise ValueError(f"a record of {len(packed)} bytes: a trace block holds at most "
                              f"{MAX_RECORD_BYTES}")
@@ -95,7 +94,7 @@ class TraceWriter:
         if len(self._buffer) >= BLOCK_BYTES:
             self.flush()
 
-    def _leave_out_repeated_reqs(self, record: dict, batches: list) -> dict:
+    def _leave_out_repeated_reqs(self, record: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str, Any]:
         """The record as written: copied only where a batch loses its "reqs"
         (this runs in the scheduler loop, every iteration)."""
         kept = None
@@ -167,6 +166,7 @@ class TraceWriter:
         if end_frame:
             self._frame = None
         if out:
+            assert self._file is not None  # closed only after its last frame is written
             try:
                 self._file.write(out)
                 self.file_bytes += len(out)
@@ -198,8 +198,7 @@ class TraceWriter:
             self.write(msgspec.to_builtins(end))
             self.flush(end_frame=True)
         finally:
-            self._file.close()
-            self._file = None
+            self._close_file()
 
     def abandon(self, reason: str, *, wait: bool = True) -> None:
         """The recording ends here without its end record (the writer failed,
@@ -233,11 +232,12 @@ class _DiskThread:
         self.writer = writer
         self.backlog = 0  # packed bytes queued, not yet written
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # ("block", packed bytes or None, end frame) | ("close", None, False) | ("abandon", reason, False); None: stop
+        self._queue: queue.SimpleQueue[Optional[tuple[str, Any, bool]]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sgl-replay-writer", daemon=True)
         self._thread.start()
 
-    def put(self, job: tuple) -> None:
+    def put(self, job: tuple[str, Any, bool]) -> None:
         if job[0] == "block" and job[1]:
             with self._lock:
                 self.backlog += len(job[1])
@@ -279,12 +279,13 @@ class _DiskThread:
                     logger.error("sgl-replay: trace %s left unsealed: %s: %s", writer.path, type(e).__name__, e)
 
 
-def pack_block(packed_records: bytes, count: int) -> bytes:
+def pack_block(packed_records: Union[bytes, bytearray], count: int) -> bytes:
     """One block: its byte length (a msgpack uint), then the msgpack array of
     `count` records already packed one after another in `packed_records`."""
     packer = msgpack.Packer()
-    array = packer.pack_array_header(count) + packed_records
-    return packer.pack(len(array)) + array
+    array: bytes = packer.pack_array_header(count) + packed_records
+    length: bytes = packer.pack(len(array))
+    return length + array
 
 
 def seal_incomplete(path: str, reason: str) -> End:
@@ -322,6 +323,7 @@ def _seal(path: str, reason: Optional[str]) -> End:
         except TraceError as e:
             problem = e
         else:
+            assert reader.end is not None  # a trace reads whole only up to its end record
             return reader.end
         if reader.format != FORMAT_VERSION:
             raise TraceError(f"{path}: a format {reader.format} trace cannot be sealed "
@@ -346,7 +348,7 @@ def repair(path: str) -> End:
     return _seal(path, None)
 
 
-def _replace_with(path: str, keep: int, tail: list) -> None:
+def _replace_with(path: str, keep: int, tail: list[Union[Iteration, End]]) -> None:
     """Replace `path` by its first `keep` bytes, then a frame of `tail`'s
     records, without ever leaving a half-written file at `path`."""
     sealing = path + ".sealing"

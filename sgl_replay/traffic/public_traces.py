@@ -40,7 +40,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 FORMATS = ("mooncake", "azure", "burstgpt")
 DEFAULT_BLOCK_SIZE = 512  # Mooncake's block: one hash id covers 512 tokens
@@ -110,7 +110,7 @@ class Imported:
 # ------------------------------------------------------------------ options
 def normalize_options(fmt: str, options: Optional[dict]) -> dict:
     """Full, checked options (plain JSON values); ValueError names the option."""
-    out = dict(OPTION_DEFAULTS)
+    out: dict[str, Any] = dict(OPTION_DEFAULTS)
     for key, value in (options or {}).items():
         key = key.replace("-", "_")
         if key == "format" and value == fmt:
@@ -222,9 +222,9 @@ def parse_mooncake(lines: Iterable[str], name: str) -> Iterator[Row]:
             raise ValueError(f"{where}: not a JSON object: {e}") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: not a JSON object")
-        for field in ("timestamp", "input_length", "output_length"):
-            if field not in obj:
-                raise ValueError(f"{where}: field {field} missing")
+        for required in ("timestamp", "input_length", "output_length"):
+            if required not in obj:
+                raise ValueError(f"{where}: field {required} missing")
         hash_ids = obj.get("hash_ids", [])
         if not isinstance(hash_ids, list) or not all(
                 isinstance(h, int) and not isinstance(h, bool) for h in hash_ids):
@@ -322,7 +322,8 @@ def parse_rows(fmt: str, lines: Iterable[str], name: str, skipped: list[int]) ->
     raise ValueError(f"unknown trace format {fmt!r}; formats: {', '.join(FORMATS)}")
 
 
-def select_in_order(rows: Iterable[Row], start_ms: Fraction, limit: Optional[int]) -> Optional[tuple[Fraction, list[Row]]]:
+def select_in_order(rows: Iterable[Row], start_ms: Fraction,
+                    limit: Optional[int]) -> Optional[tuple[Optional[Fraction], list[Row]]]:
     """(t0, the selected rows) read from rows in time order, stopping at the
     last row the selection needs; None at the first row out of time order."""
     t0, last, selected = None, None, []

@@ -96,7 +96,7 @@ def parse(spec: str, *, duration_s: Optional[float] = None, idle_s: Optional[flo
 
 def engine_args_of(workload: WorkloadSpec) -> dict:
     """The engine arguments a built-in's shape needs (none for the others)."""
-    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" else {}
+    return dict(BUILTIN[workload.name].engine_args) if workload.kind == "builtin" and workload.name else {}
 
 
 def resolve(dotted: str) -> Any:

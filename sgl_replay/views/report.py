@@ -23,7 +23,7 @@ import json
 from importlib import resources
 from typing import Optional
 
-from sgl_replay.diff import DiffResult, Lifecycle
+from sgl_replay.diff import DiffResult, Lifecycle, Outcome
 from sgl_replay.trace.format import Batch, Header, State
 from sgl_replay.trace.reader import TraceReader
 
@@ -215,9 +215,9 @@ def _sampling_words(width: int) -> str:
 # ------------------------------------------------------------------ sections
 def _verdict(result: DiffResult, label_a: str, label_b: str) -> str:
     scope = f"level {result.level}" + (f", ignoring {', '.join(result.ignored)}" if result.ignored else "")
-    if result.verdict == "not comparable":
+    if result.verdict is Outcome.NOT_COMPARABLE:
         return '<p class="verdict bad">Not comparable (compare anyway with --force).</p>'
-    if result.verdict == "empty":
+    if result.verdict is Outcome.EMPTY:
         return f'<p class="verdict">Nothing compared ({_e(scope)}): neither trace holds an iteration.</p>'
     if result.first is None:
         return (f'<p class="verdict good">Same: {result.iterations_compared} recorded iterations and '
@@ -234,7 +234,7 @@ def _verdict(result: DiffResult, label_a: str, label_b: str) -> str:
 
 
 def _headers(result: DiffResult) -> str:
-    forced = " (compared anyway: --force)" if result.verdict != "not comparable" else ""
+    forced = " (compared anyway: --force)" if result.verdict is not Outcome.NOT_COMPARABLE else ""
     items = [f'<li class="blocking">{_e(r)}{forced}</li>' for r in result.not_comparable]
     items += [f"<li>{_e(note)}</li>" for note in result.header_notes]
     if not items:
