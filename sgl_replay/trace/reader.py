@@ -97,11 +97,13 @@ class _ValueCounter:
     format 1 or 2 record) from their headers alone, payloads skipped, and
     refuses one holding more than MAX_BLOCK_ITEMS before anything decodes
     it. Resumable: `walk` is called again as the stream grows; `pos` may lie
-    past the data's end, inside a payload still to come."""
+    past the data's end, inside a payload still to come. A block is one
+    value: what follows it is left to the decoder to refuse."""
 
-    __slots__ = ("budget", "pending", "pos", "start")
+    __slots__ = ("budget", "many", "pending", "pos", "start")
 
-    def __init__(self) -> None:
+    def __init__(self, *, many: bool) -> None:
+        self.many = many  # top-level values follow one another (records), or one only (a block)
         self.pos = 0  # the next value's header
         self.pending = 0  # values still to come in the current top-level value
         self.budget = 0  # values the current top-level value may still hold
@@ -114,6 +116,8 @@ class _ValueCounter:
         try:
             while pos < end:
                 if not pending:
+                    if pos and not self.many:
+                        return
                     pending, budget, start = 1, MAX_BLOCK_ITEMS, pos
                 b = data[pos]
                 size = sizes[b]
@@ -173,7 +177,7 @@ class _RecordStream:
         # once longer than MAX_BLOCK_ITEMS bytes, its values are counted.
         self._tail = bytearray()
         self._tail_offset = 0
-        self._counter = _ValueCounter()
+        self._counter = _ValueCounter(many=True)
 
     def feed(self, data: bytes) -> list[list]:
         """The records that `data` completes (a list of one list, or two: the
@@ -203,7 +207,7 @@ class _RecordStream:
             counter.pos -= whole
             counter.start -= whole
         else:
-            self._counter = _ValueCounter()
+            self._counter = _ValueCounter(many=True)
         records = list(self._unpacker)
         if self._first_raw and records:
             self._first_raw = False
@@ -289,7 +293,7 @@ class _BlockStream:
 
     def _decode(self, data) -> list:
         if len(data) > MAX_BLOCK_ITEMS:
-            _ValueCounter().walk(data, "block")
+            _ValueCounter(many=False).walk(data, "block")
         records = _decode_without_gc_passes(self._decoder, data)
         if not records:
             raise _BadData("a block of no records")  # the writer never writes one
