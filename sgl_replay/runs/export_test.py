@@ -170,11 +170,11 @@ def export_test(trace: str, output: str, *, name: Optional[str] = None) -> dict[
         body = "".join(f"    {r!r},\n" for r in rows)
         return f"# {doc}\n{name} = [\n{body}]\n"
 
-    for what, value in (("the model config", config.model_config), ("the engine arguments", engine_kwargs),
-                        ("the engine environment", config.env)):
+    for what, value in (("the header", recording), ("the model config", config.model_config),
+                        ("the engine arguments", engine_kwargs), ("the engine environment", config.env)):
         _literal(value, what)  # pformat writes them as repr does
     text = _TEMPLATE.format(
-        recording=_literal(recording, "the header"), iterations=iterations,
+        recording=pprint.pformat(recording, indent=4, width=100, sort_dicts=False), iterations=iterations,
         model_config=pprint.pformat(config.model_config, indent=4, width=100, sort_dicts=False),
         engine_kwargs=pprint.pformat(engine_kwargs, indent=4, width=100),
         engine_env=pprint.pformat(dict(config.env), indent=4, width=100),
