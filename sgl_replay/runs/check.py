@@ -117,9 +117,10 @@ def read_header(trace: str) -> Header:
         written = 0
         for _ in reader.iterations():
             written += 1
-        idle = reader.end.iterations - written
+        counted = reader.end.iterations if reader.end is not None else written  # set by a whole read
+        idle = counted - written
         if idle > MAX_IDLE_ITERATIONS:
-            raise TraceError(f"{trace}: the end record counts {reader.end.iterations} loop iterations, the "
+            raise TraceError(f"{trace}: the end record counts {counted} loop iterations, the "
                              f"trace holds {written}: a replay would turn {idle} idle ones, more than the "
                              f"{MAX_IDLE_ITERATIONS} it allows")
         return reader.header

@@ -77,7 +77,9 @@ def _of_type(value: Any, kind: type) -> bool:
         return True
     if kind is float and type(value) in (int, float):
         return math.isfinite(value)
-    return type(value) is kind and (kind is not str or len(value) <= 64)
+    if type(value) is not kind:
+        return False
+    return not isinstance(value, str) or len(value) <= 64
 
 
 def engine_config_for(header: Header, *, device: Optional[str] = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import re
-from typing import Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import msgpack
 import msgspec
@@ -665,6 +665,7 @@ def _check_plain_header(header: dict, path: str) -> None:
     compare and write back (a timestamp, the one ext value msgspec decodes
     itself, is not one)."""
     stack: list = [(header, "header")]
+    items: Iterable[tuple[Any, Any]]
     while stack:
         value, where = stack.pop()
         if type(value) is dict:
@@ -678,7 +679,7 @@ def _check_plain_header(header: dict, path: str) -> None:
         for key, item in items:
             if type(item) in _PLAIN_SCALARS:
                 continue
-            place = where if key is None else _one_line(f"{where}.{key}")[:80]
+            place = where if key is None else " ".join(f"{where}.{key}".split())[:80]
             if type(item) is not dict and type(item) is not list:
                 raise TraceError(f"{path}: bad header ({place}: a {type(item).__name__}, not a plain value)")
             stack.append((item, place))
