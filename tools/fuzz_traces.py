@@ -163,6 +163,7 @@ def hostile_value(rnd: random.Random):
         {"type": "generate", "rid": 5}, {"type": "abort"}, {"type": "pause"}, {"type": "other"},
         [{"type": "generate", "rid": "r", "input_ids": b"\x01\x02\x03"}],
         {"type": "generate", "rid": "r", "sampling": {1: 2}}, list(range(70)), {"x": [[[[]]]]},
+        {b"max_total_tokens": 1}, msgpack.ExtType(5, b"x"),  # a bytes key, an ext value (header maps too)
     ])
 
 

@@ -12,6 +12,7 @@ length) and the retractions. It imports only sglang and pytest.
 
 from __future__ import annotations
 
+import math
 import os
 import pprint
 import re
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from sgl_replay.runs.replay import engine_config_for
 from sgl_replay.trace.format import unpack_ids
-from sgl_replay.trace.reader import TraceReader
+from sgl_replay.trace.reader import TraceError, TraceReader
 
 # sampling keys ctx.start_req takes (ignore_eos=False is the API's default)
 _START_REQ_SAMPLING = {"max_new_tokens", "ignore_eos", "stop_token_ids", "temperature"}
@@ -30,11 +31,43 @@ def _const(rid: str) -> str:
     return "PROMPT_" + (name if not name[0].isdigit() else "R" + name)
 
 
+def _is_literal(value: Any) -> bool:
+    kind = type(value)
+    if kind in (str, bytes, int, bool) or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)  # repr(nan) is a name, not a literal
+    if kind in (list, tuple):
+        return all(_is_literal(v) for v in value)
+    if kind is dict:
+        return all(_is_literal(k) and _is_literal(v) for k, v in value.items())
+    return False
+
+
+def _literal(value: Any, what: str) -> str:
+    """`value` as Python source: its repr, which reads back as a literal.
+    The exported file is code, and every value in it that comes from the
+    trace (untrusted) goes through here or is a number the reader checked;
+    anything repr cannot write as a literal is bad input."""
+    try:
+        plain = _is_literal(value)
+    except RecursionError:
+        plain = False
+    if not plain:
+        raise TraceError(f"{what}: {str(value)[:80]!r} is not a plain value; it cannot be exported")
+    return repr(value)
+
+
 def _input_line(i: int, item: dict, prompts: dict[str, str]) -> str:
     kind = item["type"]
     if kind == "generate":
-        rid, ids = item["rid"], unpack_ids(item["input_ids"]) if item.get("input_ids") is not None else []
+        rid = item["rid"]
+        if item.get("input_ids") is None:
+            raise TraceError(f"iteration {i}: generate input {rid!r} has no input_ids (an exported "
+                             f"test sends token ids); it cannot be exported")
+        ids = unpack_ids(item["input_ids"])
         sampling = dict(item.get("sampling") or {})
+        where = f"iteration {i}: generate input {rid!r}"
         extra = {k: item[k] for k in ("priority", "return_logprob", "logprob_start_len", "top_logprobs_num",
                                       "extra_key", "cache_salt", "routed_dp_rank") if k in item}
         uniform = ids and all(t == ids[0] for t in ids)
@@ -42,17 +75,17 @@ def _input_line(i: int, item: dict, prompts: dict[str, str]) -> str:
                   and set(extra) <= {"priority"})
         if simple:
             args = [f"rid={rid!r}", f"prompt_len={len(ids)}", f"prompt_token={ids[0]}"]
-            args += [f"{k}={v!r}" for k, v in sampling.items()]
-            args += [f"{k}={v!r}" for k, v in extra.items()]
+            args += [f"{k}={_literal(v, where)}" for k, v in sampling.items()]  # k: _START_REQ_SAMPLING's
+            args += [f"{k}={_literal(v, where)}" for k, v in extra.items()]
             return f"    ({i}, start_req({', '.join(args)})),"
         const = _const(rid)
         while const in prompts.values() and prompts.get(rid) != const:
             const += "_"
         prompts[rid] = const
-        args = [repr(rid), const, f"sampling={sampling!r}"]
+        args = [repr(rid), const, f"sampling={_literal(sampling, where)}"]
         if not item.get("stream", True):
             args.append("stream=False")
-        args += [f"{k}={v!r}" for k, v in extra.items()]
+        args += [f"{k}={_literal(v, where)}" for k, v in extra.items()]
         return f"    ({i}, generate({', '.join(args)})),"
     if kind == "abort":
         return f"    ({i}, abort_all())," if item.get("all") else f"    ({i}, abort({item['rid']!r})),"
@@ -127,15 +160,21 @@ def export_test(trace: str, output: str, *, name: Optional[str] = None) -> dict[
     workload = header.workload
     described = (f"{workload.name or workload.kind}: {workload.description or ''}".strip(": ")
                  if workload is not None else "unknown workload")
+    # what the trace says of itself, as a literal (never in the docstring: text there is code)
+    recording = {"trace": os.path.basename(trace), "workload": described,
+                 "sglang": header.versions.sglang or "?", "requests": facts["requests"],
+                 "inputs": len(input_lines), "iterations": iterations}
     rows = _runs(facts["batches"])
 
     def block(name: str, rows: list, doc: str) -> str:
         body = "".join(f"    {r!r},\n" for r in rows)
         return f"# {doc}\n{name} = [\n{body}]\n"
 
+    for what, value in (("the header", recording), ("the model config", config.model_config),
+                        ("the engine arguments", engine_kwargs), ("the engine environment", config.env)):
+        _literal(value, what)  # pformat writes them as repr does
     text = _TEMPLATE.format(
-        trace=os.path.basename(trace), described=described, requests=facts["requests"],
-        n_inputs=len(input_lines), iterations=iterations, sglang=header.versions.sglang or "?",
+        recording=pprint.pformat(recording, indent=4, width=100, sort_dicts=False), iterations=iterations,
         model_config=pprint.pformat(config.model_config, indent=4, width=100, sort_dicts=False),
         engine_kwargs=pprint.pformat(engine_kwargs, indent=4, width=100),
         engine_env=pprint.pformat(dict(config.env), indent=4, width=100),
@@ -152,9 +191,8 @@ def export_test(trace: str, output: str, *, name: Optional[str] = None) -> dict[
     return {"inputs": len(input_lines), "iterations": iterations, "batches": len(facts["batches"])}
 
 
-_TEMPLATE = '''"""Scheduler regression test exported by sgl-replay from {trace}
-({described}; {requests} requests, {n_inputs} inputs, {iterations} iterations,
-recorded on sglang {sglang}).
+_TEMPLATE = '''"""Scheduler regression test exported by sgl-replay from a trace
+(RECORDING below says which, and what ran).
 
 SGLang's scripted runtime drives the same inputs into the scheduler at the
 same loop iterations as the recording, and the test asserts what the
@@ -173,6 +211,8 @@ from sglang.test.scripted_runtime.context.http_post import _http_post_and_await_
 from sglang.test.scripted_runtime import http_server
 from sglang.test.scripted_runtime.http_server import ScriptedHttpServer
 from sglang.test.scripted_runtime.req_handle import ScriptedReqHandle
+
+RECORDING = {recording}
 
 # The engine that made the recording: a tiny GPT-2 with dummy weights (its
 # config.json is written by the test) and token-oracle sampling (output

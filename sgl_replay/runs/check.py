@@ -84,12 +84,28 @@ class Verdict:
                 "diff": to_plain(self.result, label_a, label_b) if self.result is not None else None}
 
 
+# A replay turns every loop iteration the trace counts, the idle ones it did
+# not write too (gaps in "i", and the run after the last record, up to the
+# end record's count): at most this many of those, about as many as 40
+# minutes of an idle server's loop. More is bad input: an end record is the
+# trace's word, and one claiming 10^15 iterations would keep a replay
+# turning until its deadline.
+MAX_IDLE_ITERATIONS = 1 << 20
+
+
 def read_header(trace: str) -> Header:
     """Read the whole trace before anything starts: a bad trace is bad input
     before an engine is spent on it."""
     with TraceReader(trace) as reader:
+        written = 0
         for _ in reader.iterations():
-            pass
+            written += 1
+        counted = reader.end.iterations if reader.end is not None else written  # set by a whole read
+        idle = counted - written
+        if idle > MAX_IDLE_ITERATIONS:
+            raise TraceError(f"{trace}: the end record counts {counted} loop iterations, the "
+                             f"trace holds {written}: a replay would turn {idle} idle ones, more than the "
+                             f"{MAX_IDLE_ITERATIONS} it allows")
         return reader.header
 
 

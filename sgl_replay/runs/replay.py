@@ -9,6 +9,7 @@ SCHEDULING_ARGS and SCHEDULING_ENV); the caller's --engine-arg go on top.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -30,10 +31,15 @@ from sgl_replay.trace.reader import TraceError
 # scheduler sees the same budget.
 _PINNED_POOLS = ("max_total_tokens", "max_running_requests", "max_prefill_tokens",
                  "chunked_prefill_size", "page_size")
-_ENV_VALUE = re.compile(r"[A-Za-z0-9_.+-]{0,64}")
-# The embedded model's config keys a trace may set, with their ceilings.
-_MODEL_LIMITS = {"n_embd": 4096, "n_head": 64, "n_layer": 16, "n_positions": 1 << 20, "n_ctx": 1 << 20,
-                 "vocab_size": 1 << 20, "bos_token_id": 1 << 20, "eos_token_id": 1 << 20}
+# What the environment text of each type may be (sglang's EnvBool words).
+_ENV_TEXT = {int: re.compile(r"-?[0-9]{1,19}"), float: re.compile(r"-?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})"
+                                                                   r"([eE][-+]?[0-9]{1,2})?"),
+             bool: re.compile(r"(?i:true|1|yes|y|false|0|no|n)"), str: re.compile(r"[A-Za-z0-9_.+-]{0,64}")}
+# Request slots sglang gives the token table when max_running_requests is
+# not set (its CPU ceiling; a replay pins the recorded value when there is one).
+_DEFAULT_REQUEST_SLOTS = 4096
+# The share of this machine's memory a replay's model may ask for.
+_MODEL_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,24 +53,36 @@ class ReplayPlan:
 
 
 def replay_plan(header: Header) -> ReplayPlan:
-    args = {k: v for k, v in header.engine_args.items()
-            if k in SCHEDULING_ARGS and v != REDACTED and _plain_scalar(v)}
+    """TraceError for an allow-listed setting whose value is not of its type."""
+    args = {k: v for k, v in header.engine_args.items() if k in SCHEDULING_ARGS and v != REDACTED}
+    for name, value in args.items():
+        if not _of_type(value, SCHEDULING_ARGS[name]):
+            raise TraceError(f"the trace's engine argument {name} is {repr(value)[:40]}, not "
+                             f"{SCHEDULING_ARGS[name].__name__}")
     for name in _PINNED_POOLS:
         recorded = getattr(header.pools, name)
         if name not in args:
             args[name] = -1 if (name == "chunked_prefill_size" and recorded is None) else recorded
     args = {k: v for k, v in args.items() if v is not None}
     recorded_env = {**header.env_inherited, **header.env}
-    env = {k: v for k, v in recorded_env.items()
-           if k in SCHEDULING_ENV and isinstance(v, str) and _ENV_VALUE.fullmatch(v)}
+    env = {k: v for k, v in recorded_env.items() if k in SCHEDULING_ENV and v != REDACTED}
+    for name, value in env.items():
+        if not (type(value) is str and _ENV_TEXT[SCHEDULING_ENV[name]].fullmatch(value)):
+            raise TraceError(f"the trace's engine environment has {name}={repr(value)[:40]}, not "
+                             f"{SCHEDULING_ENV[name].__name__} text")
     return ReplayPlan(args, env,
                       tuple(sorted(k for k in header.engine_args if k not in args)),
                       tuple(sorted(k for k in recorded_env if k not in env)))
 
 
-def _plain_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float)) or (
-        isinstance(value, str) and len(value) <= 64)
+def _of_type(value: Any, kind: type) -> bool:
+    if value is None:
+        return True
+    if kind is float and type(value) in (int, float):
+        return math.isfinite(value)
+    if type(value) is not kind:
+        return False
+    return not isinstance(value, str) or len(value) <= 64
 
 
 def engine_config_for(header: Header, *, device: Optional[str] = None,
@@ -93,28 +111,42 @@ def engine_config_for(header: Header, *, device: Optional[str] = None,
     args = {**device_args(device or recorded_device), **plan.engine_args, **(engine_args or {})}
     config = EngineConfig.embedded(engine_args=args, env=plan.env)
     return EngineConfig(engine_args=config.engine_args, env=config.env,
-                        model_config=_model_config(header))
+                        model_config=_model_config(header, config.engine_args))
 
 
-def _model_config(header: Header) -> dict:
-    """The embedded model's config.json for the trace (as recorded, or sized
-    to a captured model's vocabulary and context), checked to be one that
-    sgl-replay writes: a GPT-2 architecture of bounded size."""
+def _model_config(header: Header, engine_args: dict) -> dict:
+    """The embedded model's config.json for the trace: sgl-replay's own model
+    (EMBEDDED_MODEL_CONFIG: architecture, width, layers, dtype), with only
+    what the trace's token ids and positions need taken from the trace: the
+    vocabulary size, the context length and the EOS ids (as recorded on the
+    embedded model, or a captured model's). TraceError for values that are
+    not ids, or a model too large for this machine's memory."""
     recorded = embedded_config_for(header.model)
-    unknown = set(recorded) - set(EMBEDDED_MODEL_CONFIG)
-    if unknown or recorded.get("architectures") != EMBEDDED_MODEL_CONFIG["architectures"]:
-        raise TraceError(f"the trace's model config is not one sgl-replay writes "
-                         f"({', '.join(sorted(unknown)) or recorded.get('architectures')})")
-    for key, limit in _MODEL_LIMITS.items():
-        value = recorded.get(key, 0)
-        values = value if key == "eos_token_id" and isinstance(value, list) and len(value) <= 64 else [value]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit for v in values):
-            raise TraceError(f"the trace's model config has {key}={value!r} (at most {limit})")
-    if recorded.get("model_type") != EMBEDDED_MODEL_CONFIG["model_type"]:
-        raise TraceError(f"the trace's model config has model_type={recorded.get('model_type')!r}")
-    if recorded.get("torch_dtype") not in ("float32", "bfloat16", "float16"):
-        raise TraceError(f"the trace's model config has torch_dtype={recorded.get('torch_dtype')!r}")
-    return dict(recorded)
+    config = dict(EMBEDDED_MODEL_CONFIG)
+    vocab, context, eos = (recorded.get(key, config[key]) for key in ("vocab_size", "n_positions", "eos_token_id"))
+    if not (_count(vocab) and vocab >= 3):  # the embedded tokenizer's <unk>, <s>, </s>
+        raise TraceError(f"the trace's model has vocab_size={repr(vocab)[:40]} (a count of 3 or more)")
+    if not _count(context):
+        raise TraceError(f"the trace's model has context length {repr(context)[:40]} (a count)")
+    ids = eos if type(eos) is list and 0 < len(eos) <= 64 else [eos]
+    if not all(_count(i, zero=True) and i < vocab for i in ids):
+        raise TraceError(f"the trace's model has eos_token_id={repr(eos)[:80]} (ids below vocab_size={vocab})")
+    slots = engine_args.get("max_running_requests")
+    slots = slots if _count(slots) else _DEFAULT_REQUEST_SLOTS
+    # float32 token and position embeddings (the rest of the model is small),
+    # and sglang's token table: a row of int32 per request slot, context long
+    needed = 4 * ((vocab + context) * config["n_embd"] + slots * (context + 4))
+    budget = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _MODEL_MEMORY_SHARE)
+    if needed > budget:
+        raise TraceError(f"the trace's model (vocabulary {vocab}, context {context}, {slots} request slots) "
+                         f"needs about {needed / 2**30:.1f} GiB, more than a replay may take here "
+                         f"({budget / 2**30:.1f} GiB); pass --engine-arg max_running_requests=N for fewer slots")
+    config.update(vocab_size=vocab, n_positions=context, n_ctx=context, eos_token_id=eos)
+    return config
+
+
+def _count(value: Any, *, zero: bool = False) -> bool:
+    return type(value) is int and value >= (0 if zero else 1)
 
 
 def replay_trace(engine: Engine, trace: str, out: str, *, overrides: Optional[dict] = None,

@@ -130,7 +130,7 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     """Absent fields read as an empty tuple (shared, unlike a fresh list per
     record: 10% of decode time); present ones decode as lists."""
     i: int
-    inputs: Sequence[dict[str, Any]] = ()
+    inputs: Sequence[dict[str, Any]] = ()  # keyed by strings: consumers sort and print them
     batches: Sequence[Batch] = ()
     state: Optional[State] = None
     finished: Sequence[list[Any]] = ()  # [req, reason, output_len, output_hash]
@@ -310,20 +310,23 @@ class Header(msgspec.Struct, tag_field="t", tag=HEADER, omit_defaults=True):
 # remote code, ports, keys, PYTHONPATH, LD_* and every other setting are never
 # applied from one; the replay runs the embedded model on the device it is
 # asked for. Two runs that differ in one of these are not comparable.
-SCHEDULING_ARGS = {
+# Each with its type in sglang's ServerArgs (None, "not set", is allowed for
+# every one): a value of another type is bad input, never applied.
+SCHEDULING_ARGS: dict[str, type] = {
     # budgets and pools (a replay pins the recorded pool sizes too)
-    "max_total_tokens", "max_running_requests", "max_queued_requests", "max_prefill_tokens",
-    "chunked_prefill_size", "prefill_max_requests", "page_size", "num_reserved_decode_tokens",
+    "max_total_tokens": int, "max_running_requests": int, "max_queued_requests": int,
+    "max_prefill_tokens": int, "chunked_prefill_size": int, "prefill_max_requests": int, "page_size": int,
+    "num_reserved_decode_tokens": int,
     # which request runs next, and when a running one gives way
-    "schedule_policy", "schedule_conservativeness", "enable_priority_scheduling",
-    "disable_priority_preemption", "default_priority_value", "abort_on_priority_when_disabled",
-    "schedule_low_priority_values_first", "priority_scheduling_preemption_threshold",
-    "retraction_policy", "enable_mixed_chunk", "enable_dynamic_chunking", "prefill_decode_interval",
-    "prefill_decode_interval_min_bs", "num_continuous_decode_steps",
+    "schedule_policy": str, "schedule_conservativeness": float, "enable_priority_scheduling": bool,
+    "disable_priority_preemption": bool, "default_priority_value": int, "abort_on_priority_when_disabled": bool,
+    "schedule_low_priority_values_first": bool, "priority_scheduling_preemption_threshold": int,
+    "retraction_policy": str, "enable_mixed_chunk": bool, "enable_dynamic_chunking": bool,
+    "prefill_decode_interval": int, "prefill_decode_interval_min_bs": int, "num_continuous_decode_steps": int,
     # the prefix cache, and finishes one iteration later with overlap
-    "disable_radix_cache", "radix_eviction_policy", "disable_overlap_schedule",
+    "disable_radix_cache": bool, "radix_eviction_policy": str, "disable_overlap_schedule": bool,
     # token choice of the embedded model's oracle
-    "random_seed",
+    "random_seed": int,
 }
 # Ceilings on what a trace may ask a replay to allocate (a larger value is
 # bad input; --engine-arg may still set it): the embedded model's KV costs
@@ -332,14 +335,16 @@ SCHEDULING_ARG_LIMITS = {"max_total_tokens": 1 << 22, "max_running_requests": 1 
                          "max_queued_requests": 1 << 20, "max_prefill_tokens": 1 << 22,
                          "chunked_prefill_size": 1 << 22, "prefill_max_requests": 1 << 16,
                          "page_size": 1 << 10}
-# Engine environment knobs sglang reads when it schedules or picks tokens.
-SCHEDULING_ENV = {
-    "SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE", "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND",
-    "SGLANG_INIT_NEW_TOKEN_RATIO", "SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR",
-    "SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS", "SGLANG_RETRACT_DECODE_STEPS",
-    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION", "SGLANG_DYNAMIC_CHUNKING_SMOOTH_FACTOR",
-    "SGLANG_EXACT_CHUNK_FILL", "SGLANG_SCHEDULER_MAX_RECV_PER_POLL", "SGLANG_TEST_RETRACT",
-    "SGLANG_TEST_RETRACT_INTERVAL", "SGLANG_TEST_RETRACT_NO_PREFILL_BS",
+# Engine environment knobs sglang reads when it schedules or picks tokens,
+# with the type sglang parses each one's text as (sgl_replay.runs.replay
+# checks the text parses).
+SCHEDULING_ENV: dict[str, type] = {
+    "SGLANG_KV_CANARY_ENABLE_TOKEN_ORACLE": bool, "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": str,
+    "SGLANG_INIT_NEW_TOKEN_RATIO": float, "SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR": float,
+    "SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS": int, "SGLANG_RETRACT_DECODE_STEPS": int,
+    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION": int, "SGLANG_DYNAMIC_CHUNKING_SMOOTH_FACTOR": float,
+    "SGLANG_EXACT_CHUNK_FILL": bool, "SGLANG_SCHEDULER_MAX_RECV_PER_POLL": int, "SGLANG_TEST_RETRACT": bool,
+    "SGLANG_TEST_RETRACT_INTERVAL": int, "SGLANG_TEST_RETRACT_NO_PREFILL_BS": int,
 }
 
 # Input types a replay can feed back through a real path.

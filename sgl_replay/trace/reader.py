@@ -37,10 +37,20 @@ from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERS
 # A trace block (format 3) or a record (formats 1 and 2) up to this many
 # bytes. The writer's blocks are about BLOCK_BYTES (64 KiB) plus one record,
 # and it refuses a record that would not fit; 64 MiB still holds one
-# iteration pulling dozens of 128k-token prompts. Decoded, a block of the
-# worst shape (empty lists: 1 byte each, 64 as objects) takes up to 64x its
-# bytes in memory.
+# iteration pulling dozens of 128k-token prompts.
 MAX_BLOCK_BYTES = 64 << 20
+# A block (format 3) or a record (formats 1 and 2) up to this many msgpack
+# values (maps, arrays, keys, strings, numbers: every value counts), counted
+# before it is decoded. Bytes alone do not bound memory: a value takes 1 byte
+# in the file and up to 72 as a Python object (an empty map), so 40 million
+# empty maps compress to 7.7 KB and would decode to 3 GB. With both caps,
+# decoding one block holds at most its bytes plus 72 bytes per value:
+# min(73 x its bytes, its bytes + 76 MB), under 150 MB whatever the file.
+# A block of fewer bytes cannot hold more values and is not counted (the
+# writer's blocks are about 64 KiB); a legitimate larger block is a few huge
+# prompts (one value each), and a million values is 60,000 generate inputs
+# in one iteration. Counting a block that is refused takes about 0.4 s.
+MAX_BLOCK_ITEMS = 1 << 20
 # The zstd window a frame may ask for: level 3, the writer's, uses 2 MiB and
 # level 19 8 MiB; libzstd would allocate up to 128 MiB if a frame asked.
 MAX_WINDOW_BYTES = 8 << 20
@@ -57,6 +67,91 @@ _UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4}  # msgpack uint8/16/32 markers: bytes 
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError, OverflowError, msgpack.UnpackException)
 
 
+# What the first byte of a msgpack value says: the value's size in bytes
+# and the values it holds, for values whose first byte says it all (numbers
+# up to 7 bits, nil, bools, strings up to 31 bytes, maps and arrays up to
+# 15 entries); size 0 for the others, whose header holds a length or count.
+_SIZES = bytearray(256)
+_CHILDREN = bytearray(256)
+for _b in range(256):
+    if _b < 0x80 or _b >= 0xE0 or _b in (0xC0, 0xC2, 0xC3):
+        _SIZES[_b] = 1
+    elif _b < 0xA0:
+        _SIZES[_b], _CHILDREN[_b] = 1, (2 if _b < 0x90 else 1) * (_b & 0x0F)
+    elif _b < 0xC0:
+        _SIZES[_b] = 1 + (_b & 0x1F)
+# The others: (header bytes, bytes of the length or count in it, what it
+# counts: 0 nothing (a fixed-size number: the header is the whole value),
+# 1 payload bytes (str, bin, ext), 2 array items, 3 map entries).
+_LONG_HEADS = {0xC4: (2, 1, 1), 0xC5: (3, 2, 1), 0xC6: (5, 4, 1),  # bin
+               0xC7: (3, 1, 1), 0xC8: (4, 2, 1), 0xC9: (6, 4, 1),  # ext (a type byte after the length)
+               0xCA: (5, 0, 0), 0xCB: (9, 0, 0),  # float
+               0xCC: (2, 0, 0), 0xCD: (3, 0, 0), 0xCE: (5, 0, 0), 0xCF: (9, 0, 0),  # uint
+               0xD0: (2, 0, 0), 0xD1: (3, 0, 0), 0xD2: (5, 0, 0), 0xD3: (9, 0, 0),  # int
+               0xD4: (3, 0, 0), 0xD5: (4, 0, 0), 0xD6: (6, 0, 0), 0xD7: (10, 0, 0), 0xD8: (18, 0, 0),  # fixext
+               0xD9: (2, 1, 1), 0xDA: (3, 2, 1), 0xDB: (5, 4, 1),  # str
+               0xDC: (3, 2, 2), 0xDD: (5, 4, 2), 0xDE: (3, 2, 3), 0xDF: (5, 4, 3)}  # array, map
+
+
+class _ValueCounter:
+    """Counts the msgpack values of each top-level value (a block, or a
+    format 1 or 2 record) from their headers alone, payloads skipped, and
+    refuses one holding more than MAX_BLOCK_ITEMS before anything decodes
+    it. Resumable: `walk` is called again as the stream grows; `pos` may lie
+    past the data's end, inside a payload still to come. A block is one
+    value: what follows it is left to the decoder to refuse."""
+
+    __slots__ = ("budget", "many", "pending", "pos", "start")
+
+    def __init__(self, *, many: bool) -> None:
+        self.many = many  # top-level values follow one another (records), or one only (a block)
+        self.pos = 0  # the next value's header
+        self.pending = 0  # values still to come in the current top-level value
+        self.budget = 0  # values the current top-level value may still hold
+        self.start = 0  # where the current top-level value starts
+
+    def walk(self, data: "bytes | bytearray | memoryview", what: str) -> None:
+        pos, pending, budget, start = self.pos, self.pending, self.budget, self.start
+        sizes, children = _SIZES, _CHILDREN
+        end = len(data)
+        try:
+            while pos < end:
+                if not pending:
+                    if pos and not self.many:
+                        return
+                    pending, budget, start = 1, MAX_BLOCK_ITEMS, pos
+                b = data[pos]
+                size = sizes[b]
+                if size:
+                    pending += children[b]
+                else:
+                    head = _LONG_HEADS.get(b)
+                    if head is None:  # 0xc1, never used: the decoder names it
+                        return
+                    size, length_bytes, kind = head
+                    if pos + size > end:
+                        return
+                    n = int.from_bytes(data[pos + 1:pos + 1 + length_bytes], "big") if length_bytes else 0
+                    if kind == 1:
+                        size += n
+                    elif kind:
+                        pending += n if kind == 2 else 2 * n
+                pending -= 1
+                pos += size
+                budget -= 1
+                if budget < 0:
+                    raise _BadData(f"a {what} of more than {MAX_BLOCK_ITEMS} values (the most a trace "
+                                   f"{what} may hold)")
+            if not pending:
+                start = pos
+        finally:
+            self.pos, self.pending, self.budget, self.start = pos, pending, budget, start
+
+
+def _refuse_ext(code: int, data: "bytes | memoryview") -> None:
+    raise ValueError(f"a msgpack ext value (type {code}): a trace holds plain values only")
+
+
 class TraceError(Exception):
     """A trace that cannot be read; the message is one line naming where."""
 
@@ -71,20 +166,49 @@ class _RecordStream:
     record, the header)."""
 
     def __init__(self, first_raw: bool) -> None:
-        # max_buffer_size bounds one record, and the unpacker's default
-        # string, array and map limits derive from it; its nesting is capped
-        # by its own stack (StackError)
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+        # Handed whole records only: an unpacker builds a record's objects as
+        # its bytes arrive, so a record is counted (below) before it gets them.
+        # Its nesting is capped by its own stack (StackError).
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_refuse_ext,
                                           max_buffer_size=MAX_BLOCK_BYTES)
+        # Finds where each record ends (skip() builds nothing).
+        self._skipper = msgpack.Unpacker()
         self._first_raw = first_raw
+        # The stream from the end of the last whole record, at _tail_offset:
+        # once longer than MAX_BLOCK_ITEMS bytes, its values are counted.
+        self._tail = bytearray()
+        self._tail_offset = 0
+        self._counter = _ValueCounter(many=True)
 
     def feed(self, data: bytes) -> list[list[Any]]:
         """The records that `data` completes (a list of one list, or two: the
         header apart)."""
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise _BadData(f"a record longer than {MAX_BLOCK_BYTES} bytes") from None
+        tail = self._tail
+        tail += data
+        if len(tail) > MAX_BLOCK_ITEMS:
+            self._counter.walk(tail, "record")
+        skipper = self._skipper
+        skipper.feed(data)
+        whole = 0  # bytes of tail the records that `data` completes end at
+        while True:
+            try:
+                skipper.skip()
+            except msgpack.OutOfData:
+                break
+            whole = skipper.tell() - self._tail_offset
+        if len(tail) - whole > MAX_BLOCK_BYTES:
+            raise _BadData(f"a record longer than {MAX_BLOCK_BYTES} bytes")
+        if not whole:
+            return [[]]
+        self._unpacker.feed(tail[:whole])
+        del tail[:whole]
+        self._tail_offset += whole
+        counter = self._counter
+        if counter.pos >= whole:  # it counted past the records read: it goes on from there
+            counter.pos -= whole
+            counter.start -= whole
+        else:
+            self._counter = _ValueCounter(many=True)
         records = list(self._unpacker)
         if self._first_raw and records:
             self._first_raw = False
@@ -92,11 +216,7 @@ class _RecordStream:
         return [[_typed_record(r) for r in records]]
 
     def finish(self) -> None:
-        try:
-            rest = self._unpacker.read_bytes(1)
-        except ValueError:  # msgpack's word for a record begun and not ended
-            rest = True
-        if rest:
+        if self._tail:
             raise _BadData("ends inside a record")
 
 
@@ -115,8 +235,8 @@ class _BlockStream:
     """Format 3: a frame's bytes are blocks, each its byte length (a msgpack
     uint) then a msgpack array of records; a block is decoded once whole."""
 
-    _typed = msgspec.msgpack.Decoder(list[Record])
-    _plain = msgspec.msgpack.Decoder(list)  # the header's frame
+    _typed = msgspec.msgpack.Decoder(list[Record], ext_hook=_refuse_ext)
+    _plain = msgspec.msgpack.Decoder(list, ext_hook=_refuse_ext)  # the header's frame
 
     def __init__(self, header: bool) -> None:
         self._decoder = self._plain if header else self._typed
@@ -174,6 +294,8 @@ class _BlockStream:
                 yield records
 
     def _decode(self, data: memoryview) -> list[Any]:
+        if len(data) > MAX_BLOCK_ITEMS:
+            _ValueCounter(many=False).walk(data, "block")
         records = _decode_without_gc_passes(self._decoder, data)
         if not records:
             raise _BadData("a block of no records")  # the writer never writes one
@@ -307,9 +429,11 @@ class TraceReader:
             raise TraceError(f"{path}: frame 0 at byte 0: no content checksum (format 3 frames carry one)")
         self.format = version
         try:
-            return msgspec.convert(first, Header)
+            header = msgspec.convert(first, Header)
         except _DECODE_ERRORS as e:  # msgspec.ValidationError is a ValueError
             raise TraceError(f"{path}: bad header ({_one_line(e)})") from None
+        _check_plain_header(first, path)
+        return header
 
     def __enter__(self) -> "TraceReader":
         return self
@@ -533,6 +657,35 @@ def chain_paths(path: str) -> list[str]:
         raise TraceError(f"{path}: link {missing} of the recording is missing ({len(links)} files, "
                          f"numbered up to {max(links)})")
     return [links[k] for k in range(len(links))]
+
+
+_PLAIN_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _check_plain_header(header: dict[str, Any], path: str) -> None:
+    """Every map in the header (engine_args, model.config, ...) keyed by
+    strings, and every value a plain one: what its consumers sort, print,
+    compare and write back (a timestamp, the one ext value msgspec decodes
+    itself, is not one)."""
+    stack: list[tuple[Any, str]] = [(header, "header")]
+    items: Iterable[tuple[Any, Any]]
+    while stack:
+        value, where = stack.pop()
+        if type(value) is dict:
+            for key in value:
+                if type(key) is not str:
+                    raise TraceError(f"{path}: bad header (a map key {str(key)[:40]} in {where}: "
+                                     f"keys are strings)")
+            items = value.items()
+        else:
+            items = ((None, item) for item in value)
+        for key, item in items:
+            if type(item) in _PLAIN_SCALARS:
+                continue
+            place = where if key is None else " ".join(f"{where}.{key}".split())[:80]
+            if type(item) is not dict and type(item) is not list:
+                raise TraceError(f"{path}: bad header ({place}: a {type(item).__name__}, not a plain value)")
+            stack.append((item, place))
 
 
 def _one_line(error: BaseException) -> str:
