@@ -30,13 +30,14 @@ import argparse
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu"))
+from capture_on_device import stop, wait_ready  # noqa: E402  (a sibling tool, not a package)
 
 CONFIGS = {"a": ["--chunked-prefill-size", "256"], "b": ["--chunked-prefill-size", "64"]}
 # The GPU configuration of tools/gpu/capture_on_device.py.
@@ -50,7 +51,6 @@ GPU_ARGS = ["--load-format", "dummy", "--attention-backend", "triton", "--sampli
 # saturation, (requests, in flight) at saturation)
 TRAFFIC = {"cuda": (576, 64, (300, 10.0), (600, 64)), "cpu": (192, 16, (40, 2.0), (48, 12))}
 PHASE_GAP_S = 3.0  # the pause between the traffic phases
-READY_S = 400
 
 
 # ------------------------------------------------------------------ capture
@@ -88,7 +88,7 @@ def bench(port: int, model: str, out: str, *, n: int, rate: float, concurrency: 
 
 def capture(out: str, device: str) -> None:
     """Traces to OUT/a and OUT/b, bench_serving's figures to OUT/bench.json;
-    logs and raw client output to a scratch folder (the device tool brings
+    server logs to /tmp, raw client output to a scratch folder (the device tool brings
     back 8 files at most)."""
     os.makedirs(out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="timed-prediction-")
@@ -99,12 +99,12 @@ def capture(out: str, device: str) -> None:
         port = 31000 + k
         env = {**os.environ, "SGLREPLAY_RECORD_DIR": os.path.join(out, name),
                "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python"}
-        log = open(os.path.join(scratch, f"{name}.server.log"), "wb")
+        log = open(f"/tmp/{name}.log", "wb")  # where capture_on_device's wait_ready looks
         proc = subprocess.Popen([sys.executable, "-m", "sglang.launch_server", "--model-path", model,
                                  "--host", "127.0.0.1", "--port", str(port), *base, *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            wait_ready(port, proc, os.path.join(scratch, f"{name}.server.log"))
+            wait_ready(port, proc, name)
             # a throw-away round first: Triton compiles on first use
             bench(port, model, os.path.join(scratch, f"{name}-warm.jsonl"), n=32, rate=float("inf"), concurrency=16,
                   device=device, seed=99)
@@ -122,33 +122,6 @@ def capture(out: str, device: str) -> None:
             "request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_itl_ms")}
             for p, f in figures[name].items()}, flush=True)
     Path(out, "bench.json").write_text(json.dumps(figures))
-
-
-def wait_ready(port: int, proc: subprocess.Popen, log: str) -> None:
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {Path(log).read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("server not ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, as a service manager stops a server: the trace closes."""
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ------------------------------------------------------------------ predict
