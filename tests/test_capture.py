@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from sgl_replay.convert.export import export, trace_requests
@@ -176,7 +177,8 @@ def captured(tmp_path_factory):
         result = _bench(server, tmp / "bench.jsonl")
         extras["bench_s"] = time.monotonic() - started
         mooncake = tmp / "mooncake.jsonl"
-        export(str(MOONCAKE_GOLDEN), str(mooncake))
+        # bench_serving's mooncake mode reads every hash id as a 512-token block
+        export(str(MOONCAKE_GOLDEN), str(mooncake), block_size=512)
         extras["mooncake"] = (mooncake, _bench_mooncake(server, mooncake, tmp / "bench-mooncake.jsonl"))
         # Multi-turn: the second turn's prompt holds the first turn and its answer.
         first_prompt = list(range(10, 74))
@@ -316,7 +318,8 @@ def test_a_timed_replay_sends_the_next_turn_only_after_the_answer(captured, engi
     (rec1, rec2), (rep1, rep2) = times(str(traces[0])), times(replayed)
     think = rec2.arrival - rec1.finish
     assert think > 0 and rep1.finish > rec1.finish
-    assert rep2.arrival == pytest.approx(rep1.finish + think, abs=1e-3)
+    # sent then, and pulled at the next iteration boundary: within one modelled iteration
+    assert rep1.finish + think - 1e-3 <= rep2.arrival <= rep1.finish + think + 40.0 + 1e-3
     assert rep2.arrival > rec2.arrival
 
 
@@ -593,9 +596,13 @@ def test_rotated_capture_reads_as_one_chain(tmp_path, monkeypatch):
         assert records and end.complete == (k == len(links) - 1)
         if k < len(links) - 1:
             assert end.reason == f"rotated: continues in {links[k + 1].name}"
+    def untimed(records):  # when each iteration ended is this machine's, not the run's
+        return [msgspec.structs.replace(r, ms=None, arrivals=()) for r in records]
+
+    assert all(r.ms is not None for r in whole)
     for chain in (tmp_path / "rotated", tmp_path / "rotated" / c.header.segment.run):
         records, end = _body(chain)
-        assert records == whole and end.iterations == whole_end.iterations and end.complete
+        assert untimed(records) == untimed(whole) and end.iterations == whole_end.iterations and end.complete
     # a later link reads alone, but its batches name requests of earlier
     # links: a replay must start at the first
     from sgl_replay.runs.replay import engine_config_for
