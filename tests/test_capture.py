@@ -53,8 +53,9 @@ SERVER_ENV = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python", "PYTHONUNBUFFE
 # left the scheduler, so the client may see it up to GAP_BELOW_MS sooner;
 # the HTTP, tokenizer and detokenizer hops (on 2 cores shared by the
 # server's three processes and the client) are at most OUTSIDE_SHARE of
-# what the client measures, at the median.
-GAP_BELOW_MS, OUTSIDE_SHARE = 30.0, 0.5
+# what the client measures plus OUTSIDE_FLOOR_MS, at the median (measured:
+# 5 ms of a 12 ms TTFT on a quiet machine, 474 ms of 3.3 s on a loaded one).
+GAP_BELOW_MS, OUTSIDE_SHARE, OUTSIDE_FLOOR_MS = 30.0, 0.5, 20.0
 
 
 def _free_port() -> int:
@@ -282,7 +283,7 @@ def test_latency_of_the_capture_is_what_bench_serving_measured_less_the_time_out
         print(f"{name}: bench_serving median {median_client:.1f} ms; bench_serving - sgl-replay latency: median "
               f"{gaps[len(gaps) // 2]:.1f} ms, from {gaps[0]:.1f} to {gaps[-1]:.1f} ms")
         assert gaps[0] > -GAP_BELOW_MS, gaps
-        assert gaps[len(gaps) // 2] < OUTSIDE_SHARE * median_client, (gaps, median_client)
+        assert gaps[len(gaps) // 2] < OUTSIDE_SHARE * median_client + OUTSIDE_FLOOR_MS, (gaps, median_client)
 
 
 def test_multi_turn_reuses_the_cached_prefix(captured):
