@@ -317,3 +317,22 @@ def test_a_closed_loop_client_keeps_its_limit_in_flight(engines, wall_recording,
     assert peak == 2
     assert all(r.arrival >= recorded[r.rid] - 1e-3 for r in times)
     assert sum(r.arrival > recorded[r.rid] + 1e-3 for r in times) > 0  # some waited for a free slot
+
+
+def test_a_timed_trace_with_a_time_that_is_not_a_number_is_bad_input(tmp_path):
+    """A hostile timed trace: an arrival that is NaN is one line and exit 2
+    for latency and for a modelled replay, before any engine starts."""
+    from sgl_replay.trace.format import End, pack_ids
+    from sgl_replay.trace.writer import TraceWriter
+
+    with TraceReader(str(GOLDEN_WITHOUT_TIMES)) as reader:
+        header = msgspec.structs.replace(reader.header, timing=Timing(clock="wall"))
+    path = str(tmp_path / "nan.sglt")
+    writer = TraceWriter(path, header)
+    writer.write({"t": "iter", "i": 0, "ms": 1.0, "arrivals": [float("nan")],
+                  "inputs": [{"type": "generate", "rid": "r", "input_ids": pack_ids([5, 6])}]})
+    writer.close(End(complete=True, reason=None, iterations=1, forwards=0, requests=1))
+    for args in (["latency", path], ["replay", path, "--clock", "modeled", "-o", str(tmp_path / "out.sglt")]):
+        proc = cli(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "no finite arrival" in lines[0], (args, proc.stderr)

@@ -146,10 +146,14 @@ def cost_for(trace: str, header: Header, cost_path: Optional[str]) -> tuple[Cost
     """The cost model a timed replay of `trace` runs on: the file
     `cost_path` (CostModelError if it is not one), else one fitted on the
     trace itself; and notes for the user."""
+    from sgl_replay.timing.latency import check_times
     from sgl_replay.timing.model import load
 
     if header.timing is None:
         raise TraceError(f"{trace}: no iteration times: recorded with --clock wall, serve, or a capture?")
+    with TraceReader(trace) as reader:  # the scheduler side feeds by these times: bad ones are bad input here
+        for record in reader.iterations():
+            check_times(record)
     if cost_path is not None:
         model = load(cost_path)
         note = mismatch(model, header)

@@ -115,6 +115,16 @@ def percentiles(values: Iterable[Optional[float]]) -> dict[str, Optional[float]]
     return out
 
 
+def check_times(record: Iteration) -> None:
+    """TraceError unless a timed trace's iteration has a finite time and
+    finite arrivals, one per input."""
+    if record.ms is None or not math.isfinite(record.ms):
+        raise TraceError(f"iteration {record.i} of a timed trace has no finite time")
+    if record.inputs and (len(record.arrivals) != len(record.inputs)
+                          or not all(math.isfinite(a) for a in record.arrivals)):
+        raise TraceError(f"iteration {record.i} of a timed trace has no finite arrival for each input")
+
+
 def overlap_of(header: Header) -> bool:
     """Whether a batch's result was processed in the next loop iteration."""
     if header.resolved.overlap_schedule is not None:
@@ -134,8 +144,8 @@ def from_records(header: Header, records: Iterable[Iteration]) -> Latency:
     prev_i, prev_ms = -2, 0.0
     for record in records:
         ms = record.ms
-        if ms is None or not math.isfinite(ms):
-            raise TraceError(f"iteration {record.i} of a timed trace has no time")
+        check_times(record)
+        assert ms is not None  # check_times said so
         if overlap and waiting_token:
             for n in waiting_token:
                 r = live.get(n)
@@ -145,7 +155,7 @@ def from_records(header: Header, records: Iterable[Iteration]) -> Latency:
         arrivals = record.arrivals
         for k, item in enumerate(record.inputs):
             if item.get("type") == "generate":
-                at = arrivals[k] if k < len(arrivals) else ms
+                at = arrivals[k]
                 ids = item.get("input_ids")
                 digest = hashlib.blake2b(ids, digest_size=8).hexdigest() if isinstance(ids, bytes) else ""
                 r = RequestTimes(rid=str(item.get("rid")), arrival=float(at), prompt=digest)
