@@ -246,6 +246,32 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The figures a what-if sweep ranks by, a golden's budget bounds and bisect
+# watches, by name: (summary key, statistic). Throughput is the one figure
+# where more is better.
+FIGURES: dict[str, tuple[str, Optional[str]]] = {
+    **{f"{kind}_{p}": (f"{kind}_ms", p) for kind in ("ttft", "itl", "e2e", "queue") for p in ("p50", "p90", "p99")},
+    "throughput": ("throughput_tok_s", None),
+}
+
+
+def figure(summary: dict[str, Any], name: str) -> Optional[float]:
+    """One named figure of a summary (KeyError for a name not in FIGURES)."""
+    key, stat = FIGURES[name]
+    value = summary.get(key)
+    return value.get(stat) if stat is not None and isinstance(value, dict) else value
+
+
+def worse_pct(a: dict[str, Any], b: dict[str, Any], name: str) -> Optional[float]:
+    """How much worse B's figure is than A's, in % of A's: positive where B
+    is slower (or, for throughput, serves less), None where either lacks it."""
+    x, y = figure(a, name), figure(b, name)
+    if x is None or y is None or x == 0:
+        return None
+    change = (y - x) / x * 100
+    return round(-change if name == "throughput" else change, 3)
+
+
 def text(summary: dict[str, Any], name: str = "") -> list[str]:
     """Human lines for one summary."""
     def row(label: str, key: str) -> str:
