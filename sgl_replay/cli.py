@@ -688,6 +688,67 @@ def cost(traces: tuple[str, ...], output: str) -> None:
     click.echo(f"-> {output}")
 
 
+# ------------------------------------------------------------------ what-if
+@main.command()
+@click.argument("trace", type=TRACE_PATH)
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2,...",
+              help="A scheduling argument (or the client's max_in_flight) and the values to try "
+                   "(repeatable: every combination is a configuration).")
+@click.option("--cost", "cost_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="The cost model (`sgl-replay cost`); default: one fitted on TRACE itself.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="Every configuration's client keeps at most N requests in flight "
+                   "(unless the grid varies it).")
+@click.option("--rank", default="ttft_p90", show_default=True, metavar="FIGURE",
+              help="Rank by this figure: ttft_p50|p90|p99, itl_..., e2e_..., queue_..., throughput.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local process pool size (default: one per core, while each can keep 1.5 GiB free).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run each configuration as a Ray task: on the cluster at ADDRESS, or with no "
+                   "ADDRESS on a local Ray instance (pip install 'sgl-replay[ray]').")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Also write the table as .csv, .json or .html (with a latency-throughput chart); "
+                   "repeatable.")
+@click.option("--device", default=None, help="Engine device (default: cpu).")
+@_skip_model_option
+@_timeout_option
+@_errors_to_exit_codes
+def whatif(trace: str, grid: tuple[str, ...], cost_path: Optional[str], max_in_flight: Optional[int],
+           rank: str, workers: Optional[int], ray_address: Optional[str], outputs: tuple[str, ...],
+           device: Optional[str], skip_model: bool, timeout: float) -> None:
+    """Replay TRACE on the modelled clock once per configuration of the grid
+    (the recorded configuration first, as the baseline), in parallel, and
+    rank the configurations by a latency figure.
+
+    Exit 0 when every configuration ran, 1 when some failed, 2 bad usage
+    or input (nothing is written then).
+    """
+    from sgl_replay.runs import progress
+    from sgl_replay.runs import whatif as w
+
+    try:
+        configs = w.parse_grid(grid, max_in_flight=max_in_flight)
+        for output in outputs:
+            w.check_output(output)
+        if workers is not None and ray_address is not None:
+            raise w.WhatifError("--workers is the local pool's size; Ray sizes itself (give one of them)")
+        if ray_address:
+            w.check_ray_address(ray_address)
+        cost = _cost_model(trace, "modeled", cost_path)
+        with progress.counter(f"what-if: {len(configs)} configurations", len(configs)) as advance:
+            result = w.sweep(trace, configs, cost, rank=rank, workers=workers, ray_address=ray_address,
+                             device=device, skip_model=skip_model, timeout_s=timeout,
+                             on_row=lambda row: advance(row.config.label))
+    except w.WhatifError as e:
+        raise Failure(str(e), ExitCode.BAD_INPUT) from None
+    for line in w.text_lines(result):
+        click.echo(line)
+    for output in outputs:
+        w.write(result, output)
+        click.echo(f"-> {output}")
+    sys.exit(ExitCode.DIVERGED if any(row.failed for row in result.rows) else ExitCode.SAME)  # 1: a run that failed
+
+
 # ------------------------------------------------------------------ minimize
 @main.command()
 @click.argument("trace", type=TRACE_PATH)

@@ -45,7 +45,7 @@ def engines(sgl_replay_engines):
 ENGINE_GROUPS = {
     "test_record.py": 1,
     "test_bisect.py": 2, "test_cli.py": 2, "test_engine.py": 2, "test_public_traces.py": 2,
-    "test_timed.py": 2,
+    "test_timed.py": 2, "test_whatif.py": 2,
     "test_minimize.py": 4,
     "test_replay.py": 5, "goldens.toml": 5,
     "test_gpu_traces.py": 6, "test_capture.py": 6,

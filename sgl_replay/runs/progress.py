@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 REFRESH_S = 0.5  # how often the line is redrawn
 
@@ -80,3 +80,24 @@ def _trace_bytes(trace: str) -> Optional[int]:
         return sum(os.path.getsize(p) for p in chain_paths(trace))
     except (OSError, TraceError):
         return None
+
+
+@contextmanager
+def counter(desc: str, total: int) -> Iterator[Callable[[str], None]]:
+    """While the block runs: `desc`, n of `total` done and the time so far;
+    the block calls what it is given with a few words on each item done."""
+    if not shown():
+        yield lambda note: None
+        return
+    from tqdm import tqdm
+
+    line = tqdm(desc=desc, total=total, unit="", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(note: str) -> None:
+        line.set_postfix_str(note[:40], refresh=False)
+        line.update(1)
+
+    try:
+        yield advance
+    finally:
+        line.close()
