@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import psutil
 import pytest
