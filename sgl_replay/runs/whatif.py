@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -359,9 +360,10 @@ def _on_ray(files: dict[str, bytes], tasks: list[Task], address: str,
         raise WhatifError("--ray needs Ray: pip install 'sgl-replay[ray]'") from None
     if address:
         check_ray_address(address)
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING,
                  object_store_memory=max(78 * 2**20, 4 * sum(len(d) for d in files.values())))
     results: dict[Config, Row] = {}
     try:
