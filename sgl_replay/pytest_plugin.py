@@ -143,14 +143,53 @@ class GoldenManifest(pytest.File):
             goldens = load_manifest(self.path.parent)
         except ManifestError as e:
             raise self.CollectError(str(e)) from None
-        from sgl_replay.golden import engine_key
-
         state.manifests[self.path.parent] = goldens
         for golden in goldens:
             item = GoldenItem.from_parent(self, name=golden.name, golden=golden)
             # --dist loadgroup: one worker per configuration, one engine start there
-            item.add_marker(pytest.mark.xdist_group(f"engine-{engine_key(golden, device=state.device, update=state.update)}"))
+            item.add_marker(pytest.mark.xdist_group(_group(state, golden)))
             yield item
+
+
+def _group(state: _State, golden) -> str:
+    from sgl_replay.golden import engine_key
+
+    return f"engine-{engine_key(golden, device=state.device, update=state.update)}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's loadgroup scheduler, told each golden's group here:
+    xdist carries an xdist_group mark to the controller in the node id, which
+    pytest 9.2 no longer lets it change (pytest-xdist issue 1386), and then
+    groups nothing."""
+    state = config.stash[_STATE]
+    if config.getvalue("dist") != "loadgroup" or state.root is None:
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    from sgl_replay.golden import MANIFEST, ManifestError, load_manifest
+
+    manifests: dict[Path, dict] = {}
+
+    def group(nodeid: str) -> Optional[str]:
+        path, sep, name = nodeid.partition("::")
+        directory = (Path(config.rootpath) / path).parent.resolve()
+        if not sep or Path(path).name != MANIFEST or not (directory == state.root or state.root in directory.parents):
+            return None
+        if directory not in manifests:
+            try:
+                manifests[directory] = {g.name: g for g in load_manifest(directory)}
+            except ManifestError:
+                manifests[directory] = {}
+        golden = manifests[directory].get(name.split("@")[0])  # xdist's suffix, where pytest keeps it
+        return None if golden is None else _group(state, golden)
+
+    class GoldenGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(nodeid) or super()._split_scope(nodeid)
+
+    return GoldenGroups(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
