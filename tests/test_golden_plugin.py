@@ -188,3 +188,18 @@ def test_shards_split_the_goldens_stably(pytester: pytest.Pytester, monkeypatch:
     with TraceReader(str(goldens / "g1.sglt")) as r:  # a check replays on its trace's configuration
         assert group["g1"] == f"engine-{engine_config_for(r.header, device='cpu').key()}"
     assert group["g0"] == group["g2"] != group["g3"] == group["g5"] != group["g1"]  # missing: the workload's
+
+
+def test_xdist_keeps_each_configuration_on_one_worker(pytester: pytest.Pytester):
+    """No engine: every golden is missing, so each fails at once. Under
+    `-n 2 --dist loadgroup` the five goldens of each configuration run on
+    one worker."""
+    pytester.makeini(INI)
+    goldens = pytester.mkdir("goldens")
+    (goldens / "goldens.toml").write_text(SHARDED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", "-v")
+    result.assert_outcomes(failed=10)
+    ran_on = {m[2]: m[1] for line in result.stdout.lines
+              for m in [re.match(r"\[(gw\d)\] .*FAILED \S*::g(\d+)", line)] if m}
+    assert len(ran_on) == 10
+    assert len({ran_on[str(n)] for n in range(0, 10, 2)}) == len({ran_on[str(n)] for n in range(1, 10, 2)}) == 1
