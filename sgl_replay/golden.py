@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -35,7 +36,7 @@ from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.record import record_workload
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.trace.format import Workload
-from sgl_replay.trace.reader import TraceReader
+from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.traffic import specs
 from sgl_replay.views import write_report
 
@@ -105,6 +106,28 @@ def load_manifest(directory: Path) -> list[Golden]:
 def unused_traces(directory: Path, goldens: list[Golden]) -> list[Path]:
     named = {g.path.name for g in goldens}
     return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.name not in named)
+
+
+def engine_key(golden: Golden, *, device: Optional[str] = None, update: bool = False) -> str:
+    """The key of the engine configuration the golden runs on: a check's
+    replays on its trace's (the header alone is read), a re-recording and a
+    missing trace's on its workload's. A trace that cannot be read fails
+    without an engine, so any key does: the workload's."""
+    by_trace = golden.workload.kind == "serve" and golden.client is None if update else True
+    if by_trace and golden.path.exists():
+        try:
+            with TraceReader(str(golden.path)) as reader:
+                return engine_config_for(reader.header, device=device).key()
+        except (TraceError, OSError):
+            pass
+    return golden.engine_config().key()
+
+
+def in_shard(name: str, shard: tuple[int, int]) -> bool:
+    """Whether golden `name` is in shard (I, N), 1-based: a split by a hash
+    of the name that is the same in every process and on every machine."""
+    index, count = shard
+    return zlib.crc32(name.encode()) % count == index - 1
 
 
 @dataclass
