@@ -16,12 +16,15 @@ import math
 import os
 from typing import Any, Optional
 
-from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _PREV
+from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _LOOP, _PREV
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 HELD_OUT_EVERY = 5
-OUTLIER_X = 100.0
+# An iteration this many times longer than the model gives its batch is a
+# one-time event (_solve), and at most this many rounds find them.
+OUTLIER_X = 10.0
+OUTLIER_ROUNDS = 10
 # Fewer samples than this say little about a model of len(FEATURES) terms.
 MIN_SAMPLES = 4 * len(FEATURES)
 
@@ -42,7 +45,7 @@ def samples(path: str) -> tuple[Header, list[list[float]], list[float]]:
             x = tracker.iteration([(b.mode, b.reqs or (), b.new, b.cached) for b in record.batches],
                                   record.finished, follows=follows)
             ms = record.ms
-            if (follows and prev_ms is not None and ms is not None and (record.batches or any(x[_PREV:]))):
+            if (follows and prev_ms is not None and ms is not None and (record.batches or any(x[_PREV:_LOOP]))):
                 y = ms - prev_ms
                 if math.isfinite(y) and y > 0:
                     xs.append(x)
@@ -66,17 +69,26 @@ def _nnls(X, y):
 
 def _solve(xs, ys) -> tuple[Any, int]:
     """The coefficients, and how many samples were left out as one-time
-    events: an iteration over OUTLIER_X times the median (a Triton kernel
-    compiled on first use, a CUDA graph captured at start-up) says nothing
-    of the next one like it, and one of them outweighs thousands of real
-    ones in a least-squares fit. The slow tail below that (the host's other
-    work, Python's collector) is part of serving time and stays in: the
-    model fits the mean, so the modelled clock keeps the recorded pace."""
+    events: an iteration over OUTLIER_X times what the model fitted on the
+    others gives its batch (a Triton kernel compiled on first use, a CUDA
+    graph captured at start-up, a long pause of the host) says nothing of
+    the next one like it, and one of them outweighs thousands of real ones
+    in a least-squares fit. Fitted again without them until none is left.
+    The slow tail below that (the host's other work, Python's collector) is
+    part of serving time and stays in: the model fits the mean, so the
+    modelled clock keeps the recorded pace."""
     import numpy as np
 
     X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    keep = y <= OUTLIER_X * float(np.median(y))
-    return _nnls(X[keep], y[keep]), int((~keep).sum())
+    keep = np.ones(len(y), dtype=bool)
+    floor = float(np.percentile(y, 1))
+    for _ in range(OUTLIER_ROUNDS):
+        coef = _nnls(X[keep], y[keep])
+        again = y <= OUTLIER_X * np.maximum(X @ coef, floor)
+        if (again == keep).all():
+            break
+        keep = again
+    return coef, int((~keep).sum())
 
 
 def _errors(coef, floor: float, xs, ys) -> Fit:

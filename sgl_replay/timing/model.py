@@ -28,11 +28,18 @@ from typing import Any, Optional
 import msgspec
 
 KIND = "sgl-replay cost model"
-FORMAT = 1
+FORMAT = 2
 BATCH_FEATURES = ("prefill", "decode", "reqs", "new_ktok", "ctx_ktok", "attn_mtok")
-FEATURES = ("const", *(f"batch_{n}" for n in BATCH_FEATURES), *(f"prev_{n}" for n in BATCH_FEATURES))
+# The loop's own work in the iteration, beside the batches: the requests it
+# pulled in (and their prompt tokens) and the requests that finished in it
+# (their output sent back, their cache released). On a server whose GPU work
+# is short these are a large share of an iteration (timed-replay.md, 5).
+LOOP_FEATURES = ("inputs", "input_ktok", "finished")
+FEATURES_V1 = ("const", *(f"batch_{n}" for n in BATCH_FEATURES), *(f"prev_{n}" for n in BATCH_FEATURES))
+FEATURES = (*FEATURES_V1, *(f"loop_{n}" for n in LOOP_FEATURES))
 _ZERO = (0.0,) * len(BATCH_FEATURES)
 _PREV = 1 + len(BATCH_FEATURES)  # where the previous batch's features start
+_LOOP = _PREV + len(BATCH_FEATURES)  # where the loop's own work starts
 # A cost model file holds a few hundred bytes; anything far larger is not one.
 MAX_FILE_BYTES = 1 << 20
 # An iteration's modelled length is clamped to this range (ms).
@@ -84,11 +91,16 @@ class CostModel(msgspec.Struct, omit_defaults=True):
 
 
 def check(model: CostModel) -> CostModel:
-    """The model's fields, bounded; CostModelError names the first bad one."""
+    """The model's fields, bounded; CostModelError names the first bad one.
+    A format 1 model (no loop features) is read as one whose loop
+    coefficients are 0: it predicts what it predicted."""
     if model.kind != KIND:
         raise CostModelError(f"not an sgl-replay cost model (kind {model.kind[:60]!r})")
-    if model.format != FORMAT:
-        raise CostModelError(f"cost model format {model.format}, this sgl-replay reads {FORMAT}")
+    if model.format not in (1, FORMAT):
+        raise CostModelError(f"cost model format {model.format}, this sgl-replay reads 1 and {FORMAT}")
+    if model.format == 1 and list(model.features) == list(FEATURES_V1) and len(model.coef_ms) == len(FEATURES_V1):
+        model = msgspec.structs.replace(model, format=FORMAT, features=list(FEATURES),
+                                        coef_ms=[*model.coef_ms, *(0.0 for _ in LOOP_FEATURES)])
     if list(model.features) != list(FEATURES):
         raise CostModelError("cost model of other features than this sgl-replay computes; fit it again "
                              "with `sgl-replay cost`")
@@ -139,13 +151,16 @@ class Tracker:
         self.prompt: dict[int, int] = {}  # req -> prompt tokens, until it first runs
         self.requests = 0
         self.prev: tuple[float, ...] = _ZERO
+        self.pulled = self.pulled_tokens = 0  # generate requests pulled in since the last iteration()
 
     def inputs(self, inputs: Iterable[Any]) -> None:
         for x in inputs:
             if isinstance(x, dict) and x.get("type") == "generate":
                 ids = x.get("input_ids")
-                self.prompt[self.requests] = len(ids) // 4 if isinstance(ids, (bytes, bytearray)) else 0
+                self.prompt[self.requests] = n = len(ids) // 4 if isinstance(ids, (bytes, bytearray)) else 0
                 self.requests += 1
+                self.pulled += 1
+                self.pulled_tokens += n
 
     def batch(self, mode: Optional[str], reqs: Sequence[int], new: Optional[Sequence[int]],
               cached: Optional[Sequence[int]]) -> tuple[float, ...]:
@@ -181,9 +196,13 @@ class Tracker:
             cur = one if cur is _ZERO else tuple(a + b for a, b in zip(cur, one))
         prev = self.prev if follows else _ZERO
         self.prev = cur
+        n_finished = 0
         for done in finished:
             self.length.pop(done[0], None)
-        return [1.0, *cur, *prev]
+            n_finished += 1
+        loop = (float(self.pulled), self.pulled_tokens / 1e3, float(n_finished))
+        self.pulled = self.pulled_tokens = 0
+        return [1.0, *cur, *prev, *loop]
 
 
 class ModelledClock:
@@ -200,7 +219,7 @@ class ModelledClock:
         self.tracker.inputs(inputs)
         x = self.tracker.iteration([(b["mode"], b["reqs"], b.get("new"), b.get("cached")) for b in batches],
                                    finished)
-        if batches or any(x[_PREV:]):  # launched a batch or processed one's result: not idle
+        if batches or any(x[_PREV:_LOOP]):  # launched a batch or processed one's result: not idle
             self.now_us += round(self.model.iteration_ms(x) * 1000)
 
     def wait_until(self, us: int) -> None:
