@@ -134,7 +134,8 @@ def test_a_modelled_replay_is_a_pure_function_of_trace_and_cost(wall_recording, 
     for r in replayed:
         tracker.inputs(r.inputs)
         follows = prev is not None and prev.i == r.i - 1
-        x = tracker.iteration([(b.mode, b.reqs, b.new, b.cached) for b in r.batches], r.finished, follows=follows)
+        x = tracker.iteration([(b.mode, b.reqs, b.new, b.cached, b.chunked) for b in r.batches], r.finished,
+                              follows=follows)
         if follows and not r.after_idle and r.batches:
             assert r.ms - prev.ms == pytest.approx(COST.iteration_ms(x), abs=2e-3)
             checked += 1
@@ -250,6 +251,39 @@ def test_a_format_1_cost_model_still_loads(tmp_path):
     assert model.coef_ms == [2.0] + [0.0] * (len(FEATURES) - 1)
 
 
+def test_a_format_2_cost_model_still_loads(tmp_path):
+    """A file written before "firsts" was a feature: its coefficients by
+    name, 0 for the firsts."""
+    from sgl_replay.timing.model import FEATURES_V2
+
+    coef = {name: float(k + 1) for k, name in enumerate(FEATURES_V2)}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": KIND, "format": 2, "features": list(FEATURES_V2),
+                               "coef_ms": list(coef.values()), "floor_ms": 0.5}))
+    model = load(str(old))
+    assert model.format == FORMAT and list(model.features) == list(FEATURES)
+    assert model.coef_ms == [coef.get(name, 0.0) for name in FEATURES]
+    assert model.coef_ms[FEATURES.index("batch_firsts")] == 0.0 == model.coef_ms[FEATURES.index("prev_firsts")]
+
+
+def test_firsts_are_the_requests_a_prefill_batch_completes():
+    """A chunk that leaves its request mid prefill completes none; the last
+    chunk, and every request of a batch but the chunked one, complete theirs;
+    the next iteration sees them as the previous batch's."""
+    from sgl_replay.trace.format import pack_ids
+
+    tracker = Tracker()
+    tracker.inputs([{"type": "generate", "rid": f"r{k}", "input_ids": pack_ids(list(range(n)))}
+                    for k, n in enumerate((100, 300))])
+    first, prev = FEATURES.index("batch_firsts"), FEATURES.index("prev_firsts")
+    x = tracker.iteration([("extend", [0, 1], [100, 156], [0, 0], 1)])
+    assert x[first] == 1 and x[prev] == 0
+    x = tracker.iteration([("extend", [1], [144], [156], None)])
+    assert x[first] == 1 and x[prev] == 1
+    x = tracker.iteration([("decode", [0, 1], None, None, None)])
+    assert x[first] == 0 and x[prev] == 1
+
+
 def test_a_finish_and_a_pull_are_features_of_their_iteration():
     """The loop's own work: the requests pulled in (and their prompt tokens)
     and the requests that finished, in the iteration they happened in."""
@@ -257,10 +291,10 @@ def test_a_finish_and_a_pull_are_features_of_their_iteration():
 
     tracker = Tracker()
     tracker.inputs([{"type": "generate", "rid": "r", "input_ids": pack_ids(list(range(500)))}])
-    x = tracker.iteration([("extend", [0], [500], [0])])
+    x = tracker.iteration([("extend", [0], [500], [0], None)])
     assert x[FEATURES.index("loop_inputs")] == 1 and x[FEATURES.index("loop_input_ktok")] == 0.5
     assert x[FEATURES.index("loop_finished")] == 0
-    x = tracker.iteration([("decode", [0], None, None)], [[0, "length", 1, 0]])
+    x = tracker.iteration([("decode", [0], None, None, None)], [[0, "length", 1, 0]])
     assert x[FEATURES.index("loop_inputs")] == 0 and x[FEATURES.index("loop_finished")] == 1
 
 
