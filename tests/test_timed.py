@@ -266,6 +266,26 @@ def test_a_format_2_cost_model_still_loads(tmp_path):
     assert model.coef_ms[FEATURES.index("batch_firsts")] == 0.0 == model.coef_ms[FEATURES.index("prev_firsts")]
 
 
+def test_an_iteration_that_launches_a_prefill_has_its_own_coefficients(tmp_path):
+    """Format 3: prefill_coef_ms price an iteration that launches a prefill
+    batch, coef_ms every other; an older format cannot carry them."""
+    from sgl_replay.timing.model import FEATURES_V2
+
+    model = msgspec.structs.replace(COST, prefill_coef_ms=[7.0] + [0.0] * (len(FEATURES) - 1))
+    x = [1.0] + [0.0] * (len(FEATURES) - 1)
+    assert model.iteration_ms(x) == 4.0  # COST's const
+    x[FEATURES.index("batch_prefill")] = 1.0
+    assert model.iteration_ms(x) == 7.0
+    path = tmp_path / "cost.json"
+    path.write_bytes(model.to_json())
+    assert load(str(path)) == model
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": KIND, "format": 2, "features": list(FEATURES_V2), "floor_ms": 0.5,
+                               "coef_ms": [1.0] * len(FEATURES_V2), "prefill_coef_ms": [1.0] * len(FEATURES)}))
+    with pytest.raises(CostModelError, match="no prefill_coef_ms"):
+        load(str(old))
+
+
 def test_firsts_are_the_requests_a_prefill_batch_completes():
     """A chunk that leaves its request mid prefill completes none; the last
     chunk, and every request of a batch but the chunked one, complete theirs;

@@ -5,8 +5,10 @@ depends on too).
 A sample is an iteration whose length the trace tells: it ran a batch or
 processed one's result, the iteration before it is in the trace too (a gap
 in the numbering is the loop idling) and it did not begin idle (then its
-start is not the previous iteration's end). One sample in five, by position, is held out: the model is fitted on
-the rest, its error on those is what `sgl-replay cost` prints and the file
+start is not the previous iteration's end). The iterations that launch a
+prefill batch and the others are fitted apart (CostModel.prefill_coef_ms).
+One sample in five, by position, is held out: the model is fitted on the
+rest, its error on those is what `sgl-replay cost` prints and the file
 keeps, and then it is fitted again on all of them.
 """
 
@@ -16,7 +18,7 @@ import math
 import os
 from typing import Any, Optional
 
-from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _LOOP, _PREV
+from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _LOOP, _PREFILL, _PREV
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
 
@@ -92,11 +94,29 @@ def _solve(xs, ys) -> tuple[Any, int]:
     return coef, int((~keep).sum())
 
 
-def _errors(coef, floor: float, xs, ys) -> Fit:
+def _solve_modes(xs, ys) -> tuple[Any, Any, int]:
+    """(coefficients of the iterations that launch no prefill batch, of
+    those that launch one, samples left out): each kind fitted on its own
+    iterations (CostModel.prefill_coef_ms), or both on all where one kind
+    has fewer than MIN_SAMPLES."""
     import numpy as np
 
     X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    pred = np.clip(X @ coef, floor, None)
+    prefill = X[:, _PREFILL] > 0
+    if min(int(prefill.sum()), int((~prefill).sum())) < MIN_SAMPLES:
+        coef, out = _solve(X, y)
+        return coef, coef, out
+    other, out_o = _solve(X[~prefill], y[~prefill])
+    pre, out_p = _solve(X[prefill], y[prefill])
+    return other, pre, out_o + out_p
+
+
+def _errors(coefs, floor: float, xs, ys) -> Fit:
+    import numpy as np
+
+    X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    other, pre = coefs
+    pred = np.clip(np.where(X[:, _PREFILL] > 0, X @ pre, X @ other), floor, None)
     rel = np.abs(pred - y) / y * 100
     return Fit(heldout_iterations=len(ys), median_abs_pct=round(float(np.median(rel)), 3),
                p90_abs_pct=round(float(np.percentile(rel, 90)), 3),
@@ -123,13 +143,14 @@ def fit(paths: list[str]) -> CostModel:
     train_x = [x for x, h in zip(xs, held) if not h]
     train_y = [y for y, h in zip(ys, held) if not h]
     floor = float(np.percentile(ys, 1))
-    heldout = _errors(_solve(train_x, train_y)[0], floor,
+    heldout = _errors(_solve_modes(train_x, train_y)[:2], floor,
                       [x for x, h in zip(xs, held) if h], [y for y, h in zip(ys, held) if h])
-    coef, outliers = _solve(xs, ys)
+    other, pre, outliers = _solve_modes(xs, ys)
     heldout.outliers = outliers
     return CostModel(kind=KIND, format=FORMAT, features=list(FEATURES),
-                     coef_ms=[round(float(c), 9) for c in coef], floor_ms=round(floor, 6),
-                     source=_source(headers[0], paths, len(ys)), fit=heldout)
+                     coef_ms=[round(float(c), 9) for c in other], floor_ms=round(floor, 6),
+                     source=_source(headers[0], paths, len(ys)), fit=heldout,
+                     prefill_coef_ms=[round(float(c), 9) for c in pre])
 
 
 def _source(header: Header, paths: list[str], n: int) -> Source:

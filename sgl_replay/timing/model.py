@@ -50,6 +50,7 @@ FEATURES = ("const", *(f"batch_{n}" for n in BATCH_FEATURES), *(f"prev_{n}" for 
 # features' coefficients 0, so it predicts what it predicted.
 OLD_FEATURES = {1: FEATURES_V1, 2: FEATURES_V2}
 _ZERO = (0.0,) * len(BATCH_FEATURES)
+_PREFILL = 1  # batch_prefill: the iteration launched a prefill batch
 _PREV = 1 + len(BATCH_FEATURES)  # where the previous batch's features start
 _LOOP = _PREV + len(BATCH_FEATURES)  # where the loop's own work starts
 # A cost model file holds a few hundred bytes; anything far larger is not one.
@@ -93,9 +94,16 @@ class CostModel(msgspec.Struct, omit_defaults=True):
     floor_ms: float  # the shortest iteration the model predicts
     source: Source = msgspec.field(default_factory=Source)
     fit: Fit = msgspec.field(default_factory=Fit)
+    # Format 3: the coefficients of an iteration that launches a prefill
+    # batch; coef_ms are then those of every other iteration. A decode step
+    # replays a captured CUDA graph and a prefill runs another path, so the
+    # same term (a finish, the previous batch's work) costs each its own.
+    # None: coef_ms for all (formats 1 and 2).
+    prefill_coef_ms: Optional[list[float]] = None
 
     def iteration_ms(self, x: Sequence[float]) -> float:
-        t = sum(c * v for c, v in zip(self.coef_ms, x))
+        coef = self.prefill_coef_ms if self.prefill_coef_ms is not None and x[_PREFILL] else self.coef_ms
+        t = sum(c * v for c, v in zip(coef, x))
         return min(max(t, self.floor_ms), MAX_ITERATION_MS)
 
     def to_json(self) -> bytes:
@@ -111,15 +119,19 @@ def check(model: CostModel) -> CostModel:
     if model.format not in (*OLD_FEATURES, FORMAT):
         raise CostModelError(f"cost model format {model.format}, this sgl-replay reads 1 to {FORMAT}")
     old = OLD_FEATURES.get(model.format)
+    if old is not None and model.prefill_coef_ms is not None:
+        raise CostModelError(f"cost model format {model.format} has no prefill_coef_ms")
     if old is not None and list(model.features) == list(old) and len(model.coef_ms) == len(old):
-        coef = dict(zip(old, model.coef_ms))
+        by_name = dict(zip(old, model.coef_ms))
         model = msgspec.structs.replace(model, format=FORMAT, features=list(FEATURES),
-                                        coef_ms=[coef.get(name, 0.0) for name in FEATURES])
+                                        coef_ms=[by_name.get(name, 0.0) for name in FEATURES])
     if list(model.features) != list(FEATURES):
         raise CostModelError("cost model of other features than this sgl-replay computes; fit it again "
                              "with `sgl-replay cost`")
-    if len(model.coef_ms) != len(FEATURES) or not all(math.isfinite(c) and abs(c) < 1e9 for c in model.coef_ms):
-        raise CostModelError("cost model coefficients are not one finite number per feature")
+    for values in (model.coef_ms, model.prefill_coef_ms):
+        if values is not None and (len(values) != len(FEATURES)
+                                   or not all(math.isfinite(c) and abs(c) < 1e9 for c in values)):
+            raise CostModelError("cost model coefficients are not one finite number per feature")
     if not (math.isfinite(model.floor_ms) and 0 <= model.floor_ms <= MAX_ITERATION_MS):
         raise CostModelError(f"cost model floor_ms={model.floor_ms!r} is out of range")
     return model
