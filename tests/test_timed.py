@@ -134,7 +134,8 @@ def test_a_modelled_replay_is_a_pure_function_of_trace_and_cost(wall_recording, 
     for r in replayed:
         tracker.inputs(r.inputs)
         follows = prev is not None and prev.i == r.i - 1
-        x = tracker.iteration([(b.mode, b.reqs, b.new, b.cached) for b in r.batches], r.finished, follows=follows)
+        x = tracker.iteration([(b.mode, b.reqs, b.new, b.cached, b.chunked) for b in r.batches], r.finished,
+                              follows=follows)
         if follows and not r.after_idle and r.batches:
             assert r.ms - prev.ms == pytest.approx(COST.iteration_ms(x), abs=2e-3)
             checked += 1
@@ -237,6 +238,86 @@ def test_a_cost_model_of_another_device_or_model_is_a_note():
     assert mismatch(a_cost_model(const=1.0), same) is None or "model" in mismatch(a_cost_model(const=1.0), same)
 
 
+def test_a_format_1_cost_model_still_loads(tmp_path):
+    """A file written before the loop's own work was a feature predicts
+    what it predicted: its coefficients, and 0 for the loop features."""
+    from sgl_replay.timing.model import FEATURES_V1
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": KIND, "format": 1, "features": list(FEATURES_V1),
+                               "coef_ms": [2.0] + [0.0] * (len(FEATURES_V1) - 1), "floor_ms": 0.5}))
+    model = load(str(old))
+    assert model.format == FORMAT and list(model.features) == list(FEATURES)
+    assert model.coef_ms == [2.0] + [0.0] * (len(FEATURES) - 1)
+
+
+def test_a_format_2_cost_model_still_loads(tmp_path):
+    """A file written before "firsts" was a feature: its coefficients by
+    name, 0 for the firsts."""
+    from sgl_replay.timing.model import FEATURES_V2
+
+    coef = {name: float(k + 1) for k, name in enumerate(FEATURES_V2)}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": KIND, "format": 2, "features": list(FEATURES_V2),
+                               "coef_ms": list(coef.values()), "floor_ms": 0.5}))
+    model = load(str(old))
+    assert model.format == FORMAT and list(model.features) == list(FEATURES)
+    assert model.coef_ms == [coef.get(name, 0.0) for name in FEATURES]
+    assert model.coef_ms[FEATURES.index("batch_firsts")] == 0.0 == model.coef_ms[FEATURES.index("prev_firsts")]
+
+
+def test_an_iteration_that_launches_a_prefill_has_its_own_coefficients(tmp_path):
+    """Format 3: prefill_coef_ms price an iteration that launches a prefill
+    batch, coef_ms every other; an older format cannot carry them."""
+    from sgl_replay.timing.model import FEATURES_V2
+
+    model = msgspec.structs.replace(COST, prefill_coef_ms=[7.0] + [0.0] * (len(FEATURES) - 1))
+    x = [1.0] + [0.0] * (len(FEATURES) - 1)
+    assert model.iteration_ms(x) == 4.0  # COST's const
+    x[FEATURES.index("batch_prefill")] = 1.0
+    assert model.iteration_ms(x) == 7.0
+    path = tmp_path / "cost.json"
+    path.write_bytes(model.to_json())
+    assert load(str(path)) == model
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": KIND, "format": 2, "features": list(FEATURES_V2), "floor_ms": 0.5,
+                               "coef_ms": [1.0] * len(FEATURES_V2), "prefill_coef_ms": [1.0] * len(FEATURES)}))
+    with pytest.raises(CostModelError, match="no prefill_coef_ms"):
+        load(str(old))
+
+
+def test_firsts_are_the_requests_a_prefill_batch_completes():
+    """A chunk that leaves its request mid prefill completes none; the last
+    chunk, and every request of a batch but the chunked one, complete theirs;
+    the next iteration sees them as the previous batch's."""
+    from sgl_replay.trace.format import pack_ids
+
+    tracker = Tracker()
+    tracker.inputs([{"type": "generate", "rid": f"r{k}", "input_ids": pack_ids(list(range(n)))}
+                    for k, n in enumerate((100, 300))])
+    first, prev = FEATURES.index("batch_firsts"), FEATURES.index("prev_firsts")
+    x = tracker.iteration([("extend", [0, 1], [100, 156], [0, 0], 1)])
+    assert x[first] == 1 and x[prev] == 0
+    x = tracker.iteration([("extend", [1], [144], [156], None)])
+    assert x[first] == 1 and x[prev] == 1
+    x = tracker.iteration([("decode", [0, 1], None, None, None)])
+    assert x[first] == 0 and x[prev] == 1
+
+
+def test_a_finish_and_a_pull_are_features_of_their_iteration():
+    """The loop's own work: the requests pulled in (and their prompt tokens)
+    and the requests that finished, in the iteration they happened in."""
+    from sgl_replay.trace.format import pack_ids
+
+    tracker = Tracker()
+    tracker.inputs([{"type": "generate", "rid": "r", "input_ids": pack_ids(list(range(500)))}])
+    x = tracker.iteration([("extend", [0], [500], [0], None)])
+    assert x[FEATURES.index("loop_inputs")] == 1 and x[FEATURES.index("loop_input_ktok")] == 0.5
+    assert x[FEATURES.index("loop_finished")] == 0
+    x = tracker.iteration([("decode", [0], None, None, None)], [[0, "length", 1, 0]])
+    assert x[FEATURES.index("loop_inputs")] == 0 and x[FEATURES.index("loop_finished")] == 1
+
+
 def test_cost_model_file_round_trips(tmp_path):
     path = tmp_path / "cost.json"
     path.write_bytes(COST.to_json())
@@ -296,6 +377,26 @@ def test_a_chats_next_turn_is_found_with_its_think_time():
                   arrivals=[75.0, 76.0]),
     ]
     assert follow_ups(records) == {"t2": ("t1", 25.0)}
+
+
+def test_a_closed_loop_clients_hop_is_its_arrival_after_the_finish_that_freed_its_slot():
+    """client_hops with a limit of 1: the second request came 3 ms after
+    the first finished (held back for the slot: a hop of 3 ms); the third
+    came long after the second finished, longer than the second ran: it
+    went at its own time, no hop."""
+    from sgl_replay.timing.turns import client_hops
+
+    def gen(rid):
+        return {"type": "generate", "rid": rid, "input_ids": b"\0" * 8}
+    records = [
+        Iteration(i=0, ms=1.0, inputs=[gen("a")], arrivals=[0.5]),
+        Iteration(i=1, ms=20.0, finished=[[0, "length", 4, 0]]),
+        Iteration(i=2, ms=24.0, inputs=[gen("b")], arrivals=[23.0]),
+        Iteration(i=3, ms=40.0, finished=[[1, "length", 4, 0]]),
+        Iteration(i=4, ms=500.0, inputs=[gen("c")], arrivals=[499.0]),
+    ]
+    assert client_hops(records, 1) == {"b": 3.0}
+    assert client_hops(records, 2) == {}
 
 
 def test_a_closed_loop_client_keeps_its_limit_in_flight(engines, wall_recording, tmp_path):

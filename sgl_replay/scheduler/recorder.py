@@ -269,6 +269,7 @@ class Recording:
         self._after_idle = False
         # a timed replay: req -> when it finished, on the modelled clock
         self.finished_at: dict[int, float] = {}
+        self.finish_ms: list[float] = []  # ... and those times in the order requests finished
         self._outputs: list = []
         self._idle = False  # this iteration ran no batch and processed no result
         self._idle_run = False  # ... and so did the one before it
@@ -391,6 +392,7 @@ class Recording:
             self.clock.end_iteration(self._inputs, self._batches, done)
             for f in done:
                 self.finished_at[f[0]] = self.clock.ms
+                self.finish_ms.append(self.clock.ms)
         if self._inputs or self._batches or done or retracted or state != self.last_state:
             self._idle_run = False
             record = {"t": ITER, "i": self.i}

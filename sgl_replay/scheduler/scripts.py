@@ -28,7 +28,7 @@ from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.timing.model import ModelledClock, from_builtins
-from sgl_replay.timing.turns import follow_ups
+from sgl_replay.timing.turns import client_hops, follow_ups
 from sgl_replay.trace.format import REPLAYABLE_INPUTS
 from sgl_replay.trace.reader import TraceReader
 from sgl_replay.traffic import specs
@@ -81,7 +81,12 @@ def replay(ctx, job: Job) -> Generator:
                     with TraceReader(job.trace) as again:
                         follows = follow_ups(again.iterations())
                 limit = (job.source.overrides or {}).get("max_in_flight")
-                release = _Release(probe, follows, limit if isinstance(limit, int) and limit > 0 else None)
+                limit = limit if isinstance(limit, int) and limit > 0 else None
+                hops = {}
+                if limit is not None and job.trace is not None:
+                    with TraceReader(job.trace) as again:
+                        hops = client_hops(again.iterations(), limit)
+                release = _Release(probe, follows, limit, hops)
                 yield from timed.run(ctx, clock, _timed_inputs(recorded),
                                      lambda item, us: _feed_timed(probe, poster, base_url, item, us),
                                      release=release if follows or release.limit else None)
@@ -136,12 +141,17 @@ class _Release:
       finished here, and not while that turn runs;
     - with `limit` (a closed-loop client such as bench_serving
       --max-concurrency keeps that many in flight): not while `limit`
-      requests sent here have not finished."""
+      requests sent here have not finished; a request that the recorded
+      client held back for a slot (`hops`: rid -> ms, timing/turns.py)
+      goes its recorded hop after the finish that frees its slot here
+      (never before its recorded time: when the client meant to send it
+      is not in the trace)."""
 
-    def __init__(self, probe, follows: dict, limit: Optional[int]) -> None:
+    def __init__(self, probe, follows: dict, limit: Optional[int], hops: Optional[dict] = None) -> None:
         self.probe = probe
         self.follows = follows
         self.limit = limit
+        self.hops = hops or {}
         self.sent = 0
 
     def __call__(self, item: dict, arrival_us: int) -> Optional[int]:
@@ -160,6 +170,9 @@ class _Release:
         if self.limit is not None:
             if self.sent - len(rec.finished_at) >= self.limit:
                 return None
+            hop = self.hops.get(item.get("rid"))
+            if hop is not None and self.sent >= self.limit:  # the (sent - limit)-th finish freed its slot
+                when = max(when, round((rec.finish_ms[self.sent - self.limit] + hop) * 1000))
             when = max(when, rec.clock.now_us)
         self.sent += 1
         return when

@@ -5,8 +5,10 @@ depends on too).
 A sample is an iteration whose length the trace tells: it ran a batch or
 processed one's result, the iteration before it is in the trace too (a gap
 in the numbering is the loop idling) and it did not begin idle (then its
-start is not the previous iteration's end). One sample in five, by position, is held out: the model is fitted on
-the rest, its error on those is what `sgl-replay cost` prints and the file
+start is not the previous iteration's end). The iterations that launch a
+prefill batch and the others are fitted apart (CostModel.prefill_coef_ms).
+One sample in five, by position, is held out: the model is fitted on the
+rest, its error on those is what `sgl-replay cost` prints and the file
 keeps, and then it is fitted again on all of them.
 """
 
@@ -16,12 +18,15 @@ import math
 import os
 from typing import Any, Optional
 
-from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _PREV
+from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, Fit, Source, Tracker, _LOOP, _PREFILL, _PREV
 from sgl_replay.trace.format import Header
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 HELD_OUT_EVERY = 5
-OUTLIER_X = 100.0
+# An iteration this many times longer than the model gives its batch is not
+# its batch's cost (_solve), and at most this many rounds find them.
+OUTLIER_X = 3.0
+OUTLIER_ROUNDS = 10
 # Fewer samples than this say little about a model of len(FEATURES) terms.
 MIN_SAMPLES = 4 * len(FEATURES)
 
@@ -39,10 +44,10 @@ def samples(path: str) -> tuple[Header, list[list[float]], list[float]]:
         for record in reader.iterations():
             tracker.inputs(record.inputs)
             follows = prev_i == record.i - 1 and not record.after_idle
-            x = tracker.iteration([(b.mode, b.reqs or (), b.new, b.cached) for b in record.batches],
+            x = tracker.iteration([(b.mode, b.reqs or (), b.new, b.cached, b.chunked) for b in record.batches],
                                   record.finished, follows=follows)
             ms = record.ms
-            if (follows and prev_ms is not None and ms is not None and (record.batches or any(x[_PREV:]))):
+            if (follows and prev_ms is not None and ms is not None and (record.batches or any(x[_PREV:_LOOP]))):
                 y = ms - prev_ms
                 if math.isfinite(y) and y > 0:
                     xs.append(x)
@@ -65,25 +70,53 @@ def _nnls(X, y):
 
 
 def _solve(xs, ys) -> tuple[Any, int]:
-    """The coefficients, and how many samples were left out as one-time
-    events: an iteration over OUTLIER_X times the median (a Triton kernel
-    compiled on first use, a CUDA graph captured at start-up) says nothing
-    of the next one like it, and one of them outweighs thousands of real
-    ones in a least-squares fit. The slow tail below that (the host's other
-    work, Python's collector) is part of serving time and stays in: the
-    model fits the mean, so the modelled clock keeps the recorded pace."""
+    """The coefficients, and how many samples were left out as events of
+    their own: an iteration over OUTLIER_X times what the model fitted on
+    the others gives its batch (a Triton kernel compiled on first use, a
+    CUDA graph captured at start-up, a pause of the host or of Python's
+    collector) says nothing of the next one like it, and a few of them
+    outweigh thousands of real ones in a least-squares fit. Fitted again
+    without them until none is left. On the H100 recordings of
+    timed-replay.md that is under 1% of the iterations; the slower tail
+    below it stays in, so the model fits the mean and the modelled clock
+    keeps the recorded pace."""
     import numpy as np
 
     X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    keep = y <= OUTLIER_X * float(np.median(y))
-    return _nnls(X[keep], y[keep]), int((~keep).sum())
+    keep = np.ones(len(y), dtype=bool)
+    floor = float(np.percentile(y, 1))
+    for _ in range(OUTLIER_ROUNDS):
+        coef = _nnls(X[keep], y[keep])
+        again = y <= OUTLIER_X * np.maximum(X @ coef, floor)
+        if (again == keep).all():
+            break
+        keep = again
+    return coef, int((~keep).sum())
 
 
-def _errors(coef, floor: float, xs, ys) -> Fit:
+def _solve_modes(xs, ys) -> tuple[Any, Any, int]:
+    """(coefficients of the iterations that launch no prefill batch, of
+    those that launch one, samples left out): each kind fitted on its own
+    iterations (CostModel.prefill_coef_ms), or both on all where one kind
+    has fewer than MIN_SAMPLES."""
     import numpy as np
 
     X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    pred = np.clip(X @ coef, floor, None)
+    prefill = X[:, _PREFILL] > 0
+    if min(int(prefill.sum()), int((~prefill).sum())) < MIN_SAMPLES:
+        coef, out = _solve(X, y)
+        return coef, coef, out
+    other, out_o = _solve(X[~prefill], y[~prefill])
+    pre, out_p = _solve(X[prefill], y[prefill])
+    return other, pre, out_o + out_p
+
+
+def _errors(coefs, floor: float, xs, ys) -> Fit:
+    import numpy as np
+
+    X, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    other, pre = coefs
+    pred = np.clip(np.where(X[:, _PREFILL] > 0, X @ pre, X @ other), floor, None)
     rel = np.abs(pred - y) / y * 100
     return Fit(heldout_iterations=len(ys), median_abs_pct=round(float(np.median(rel)), 3),
                p90_abs_pct=round(float(np.percentile(rel, 90)), 3),
@@ -110,13 +143,14 @@ def fit(paths: list[str]) -> CostModel:
     train_x = [x for x, h in zip(xs, held) if not h]
     train_y = [y for y, h in zip(ys, held) if not h]
     floor = float(np.percentile(ys, 1))
-    heldout = _errors(_solve(train_x, train_y)[0], floor,
+    heldout = _errors(_solve_modes(train_x, train_y)[:2], floor,
                       [x for x, h in zip(xs, held) if h], [y for y, h in zip(ys, held) if h])
-    coef, outliers = _solve(xs, ys)
+    other, pre, outliers = _solve_modes(xs, ys)
     heldout.outliers = outliers
     return CostModel(kind=KIND, format=FORMAT, features=list(FEATURES),
-                     coef_ms=[round(float(c), 9) for c in coef], floor_ms=round(floor, 6),
-                     source=_source(headers[0], paths, len(ys)), fit=heldout)
+                     coef_ms=[round(float(c), 9) for c in other], floor_ms=round(floor, 6),
+                     source=_source(headers[0], paths, len(ys)), fit=heldout,
+                     prefill_coef_ms=[round(float(c), 9) for c in pre])
 
 
 def _source(header: Header, paths: list[str], n: int) -> Source:

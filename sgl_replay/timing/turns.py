@@ -1,4 +1,6 @@
-"""Conversations in a capture: a request whose prompt begins with an earlier
+"""Conversations in a capture, and a closed-loop client's hops.
+
+Conversations: a request whose prompt begins with an earlier
 request's prompt and answer (a chat's next turn) could not have been sent
 before that answer existed. A timed replay keeps such a request at least its
 recorded think time (its arrival minus the earlier answer's finish) after
@@ -49,4 +51,42 @@ def follow_ups(records: Iterable[Iteration]) -> dict[str, tuple[str, float]]:
                 full = ids + output[1]
                 if len(full) >= key_bytes:
                     recent.setdefault(full[:key_bytes], deque(maxlen=RECENT)).append((full, rid, record.ms))
+    return out
+
+
+def client_hops(records: Iterable[Iteration], limit: int) -> dict[str, float]:
+    """rid -> its client hop in ms, for every request of a timed recording
+    that a closed-loop client keeping at most `limit` requests in flight
+    (bench_serving --max-concurrency) held back until a slot freed.
+
+    The k-th request sent can go once k - limit + 1 earlier ones finished:
+    the slot it takes is freed by the (k - limit)-th finish. Its hop is its
+    arrival minus that finish: the answer's way back to the client (the
+    detokenizer, HTTP, the client's own loop) and the new request's way in
+    (HTTP, the tokenizer) up to the scheduler's pull, time in which the
+    client counts the slot as taken and the scheduler runs without it. A
+    request sent later than its freed slot plus the freeing request's own
+    run time (arrival to finish) was not waiting for that slot: it went at
+    its own time and has no hop."""
+    arrivals: list[tuple[str, float]] = []  # (rid, arrival ms) in recorded order
+    arrival_of: dict[int, float] = {}  # req -> arrival ms
+    finishes: list[tuple[float, float]] = []  # (finish ms, that request's run time) in finish order
+    n = 0
+    for record in records:
+        for k, item in enumerate(record.inputs):
+            if item.get("type") == "generate" and k < len(record.arrivals):
+                arrivals.append((str(item.get("rid")), record.arrivals[k]))
+                arrival_of[n] = record.arrivals[k]
+                n += 1
+        for f in record.finished:
+            if record.ms is not None and f and f[0] in arrival_of:
+                finishes.append((record.ms, record.ms - arrival_of[f[0]]))
+    out: dict[str, float] = {}
+    for k in range(limit, len(arrivals)):
+        if k - limit >= len(finishes):
+            break
+        rid, at = arrivals[k]
+        freed, ran = finishes[k - limit]
+        if 0 <= at - freed < ran:
+            out[rid] = at - freed
     return out
