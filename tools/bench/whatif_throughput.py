@@ -34,11 +34,15 @@ CHUNKS = (32, 48, 64, 96, 128, 192, 384, 512)
 
 
 class PeakMemory:
-    """The largest resident size of one engine process tree (an engine's
-    main process and its children) seen while the block runs."""
+    """The largest memory of one engine process tree (an engine's main
+    process and its children) seen while the block runs: its proportional
+    set size (a page shared by n processes counts 1/n: torch's libraries are
+    mapped in each of sglang's processes, so resident sizes add them up
+    several times) and, for comparison, the sum of resident sizes."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -56,8 +60,9 @@ class PeakMemory:
                 try:
                     if "sgl_replay.runs.child" not in " ".join(proc.info["cmdline"] or []):
                         continue
-                    tree = [proc, *proc.children(recursive=True)]
-                    self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
+                    tree = [proc.memory_full_info() for proc in [proc, *proc.children(recursive=True)]]
+                    self.peak = max(self.peak, sum(m.pss for m in tree))
+                    self.peak_rss = max(self.peak_rss, sum(m.rss for m in tree))
                 except psutil.Error:
                     continue
 
@@ -83,10 +88,12 @@ def main() -> None:
         runs.append({"workers": workers, "configurations": len(configs), "seconds": round(seconds, 1),
                      "replays_per_hour": round(len(configs) / seconds * 3600, 1),
                      "replay_s_median": round(replay_s[len(replay_s) // 2], 1) if replay_s else None,
-                     "engine_tree_peak_gib": round(memory.peak / 2**30, 2), "failed": failed})
+                     "engine_tree_peak_pss_gib": round(memory.peak / 2**30, 2),
+                     "engine_tree_peak_rss_sum_gib": round(memory.peak_rss / 2**30, 2), "failed": failed})
         print(f"{workers} workers: {len(configs)} replays in {seconds:.0f} s = {runs[-1]['replays_per_hour']:.0f}/hour "
               f"(a replay alone {runs[-1]['replay_s_median']} s, the rest engine starts); "
-              f"engine tree peak {runs[-1]['engine_tree_peak_gib']} GiB", file=sys.stderr)
+              f"engine tree peak {runs[-1]['engine_tree_peak_pss_gib']} GiB PSS "
+              f"({runs[-1]['engine_tree_peak_rss_sum_gib']} GiB of resident sizes added up)", file=sys.stderr)
     print(json.dumps({"bench": "whatif_throughput", "trace": args.trace, "cores": cores,
                       "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "runs": runs}))
 
