@@ -227,7 +227,17 @@ def _typed_record(record: Any) -> Record:
         for item in record.get("inputs", ()):
             if type(item) is dict and type(item.get("input_ids")) is list:
                 item["input_ids"] = pack_ids(item["input_ids"])
-    typed: Record = msgspec.convert(record, Record)
+    return _typed(record)
+
+
+def _typed(record: Any) -> Record:
+    """A record of plain values as its type; a field the type refuses is bad
+    data naming the iteration and the field."""
+    try:
+        typed: Record = msgspec.convert(record, Record)
+    except msgspec.ValidationError as e:
+        i = record.get("i") if type(record) is dict else None
+        raise _BadData(f"iteration {i}: {e}" if type(i) is int else str(e)) from None
     return typed
 
 
@@ -296,7 +306,14 @@ class _BlockStream:
     def _decode(self, data: memoryview) -> list[Any]:
         if len(data) > MAX_BLOCK_ITEMS:
             _ValueCounter(many=False).walk(data, "block")
-        records = _decode_without_gc_passes(self._decoder, data)
+        try:
+            records = _decode_without_gc_passes(self._decoder, data)
+        except msgspec.ValidationError:
+            # The block's records one by one, to name the iteration (bad
+            # input only; the block was counted before the first decode).
+            for record in self._plain.decode(data):
+                _typed(record)
+            raise
         if not records:
             raise _BadData("a block of no records")  # the writer never writes one
         if self._header:
