@@ -91,8 +91,8 @@ def test_a_wall_clock_recording_keeps_every_busy_iteration_time(wall_recording):
         assert len(r.arrivals) == len(r.inputs)
         for x, at in zip(r.inputs, r.arrivals):
             assert at <= r.ms  # pulled during the iteration it ended
-            if x["type"] == "generate":
-                arrived[x["rid"]] = at
+            if x.kind == "generate":
+                arrived[x.rid] = at
     # sent at its (scaled) time, pulled no earlier
     assert all(arrived[q.rid] >= float(q.arrival_ms) for q in imported.requests)
     summary = latency.of_trace(out).summary()
@@ -115,13 +115,13 @@ def test_a_modelled_replay_is_a_pure_function_of_trace_and_cost(wall_recording, 
     _, recorded = body(out)
     header, replayed = body(first)
     assert header.timing.clock == "modeled" and header.timing.cost == msgspec.to_builtins(COST)
-    arrivals = {x["rid"]: at for r in recorded for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"}
+    arrivals = {x.rid: at for r in recorded for x, at in zip(r.inputs, r.arrivals) if x.kind == "generate"}
     pulled = {}
     prev_ms = 0.0
     for r in replayed:
         for x, at in zip(r.inputs, r.arrivals):
-            if x["type"] == "generate":
-                pulled[x["rid"]] = at
+            if x.kind == "generate":
+                pulled[x.rid] = at
                 assert prev_ms <= at <= r.ms  # at the start of the iteration that pulled it
         prev_ms = r.ms
     assert set(pulled) == set(arrivals)
@@ -156,7 +156,7 @@ def test_a_recording_on_the_modelled_clock_replays_its_batches(engines, tmp_path
     header, records = body(recorded)
     assert header.timing.clock == "modeled"
     imported = pt.load("mooncake", spec.path, spec.options)
-    pulled = [at for r in records for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"]
+    pulled = [at for r in records for x, at in zip(r.inputs, r.arrivals) if x.kind == "generate"]
     assert len(pulled) == len(imported.requests)
     assert all(p >= float(q.arrival_ms) - 1e-3 for p, q in zip(pulled, imported.requests))
     assert pulled[0] == pytest.approx(float(imported.requests[0].arrival_ms), abs=1e-3)

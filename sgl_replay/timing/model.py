@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import msgspec
 
+from sgl_replay.trace.format import GenerateInput, Input
+
 KIND = "sgl-replay cost model"
 FORMAT = 1
 BATCH_FEATURES = ("prefill", "decode", "reqs", "new_ktok", "ctx_ktok", "attn_mtok")
@@ -140,11 +142,10 @@ class Tracker:
         self.requests = 0
         self.prev: tuple[float, ...] = _ZERO
 
-    def inputs(self, inputs: Iterable[Any]) -> None:
+    def inputs(self, inputs: Iterable[Input]) -> None:
         for x in inputs:
-            if isinstance(x, dict) and x.get("type") == "generate":
-                ids = x.get("input_ids")
-                self.prompt[self.requests] = len(ids) // 4 if isinstance(ids, (bytes, bytearray)) else 0
+            if type(x) is GenerateInput:
+                self.prompt[self.requests] = len(x.input_ids) // 4 if x.input_ids is not None else 0
                 self.requests += 1
 
     def batch(self, mode: Optional[str], reqs: Sequence[int], new: Optional[Sequence[int]],
@@ -196,7 +197,7 @@ class ModelledClock:
         self.tracker = Tracker()
         self.now_us = 0
 
-    def end_iteration(self, inputs: Sequence[dict], batches: Sequence[dict], finished: Sequence[list]) -> None:
+    def end_iteration(self, inputs: Sequence[Input], batches: Sequence[dict], finished: Sequence[list]) -> None:
         self.tracker.inputs(inputs)
         x = self.tracker.iteration([(b["mode"], b["reqs"], b.get("new"), b.get("cached")) for b in batches],
                                    finished)
