@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from sgl_replay.trace import TraceError, TraceReader, TraceWriter, seal_incomplete
 from sgl_replay.trace import writer as writer_module
-from sgl_replay.trace.format import End, Header, pack_ids
+from sgl_replay.trace.format import End, Header, Segment, pack_ids
 from sgl_replay.trace.reader import MAX_BLOCK_BYTES
 from sgl_replay.trace.writer import repair
 
@@ -200,6 +200,14 @@ def test_the_unchanged_trace_reads_clean(tmp_path):
     records = valid_trace(path)
     with_records(path, lambda body: None)
     assert read_all(path)[0] == records
+
+
+def test_a_segment_numbering_on_from_a_negative_count_is_a_bad_header(tmp_path):
+    path = str(tmp_path / "t.sglt")
+    w = TraceWriter(path, Header(segment=Segment(run="r", index=1, requests=-1)))
+    w.close(End(complete=True, reason=None, iterations=0, forwards=0, requests=0))
+    with pytest.raises(TraceError, match=re.escape("bad header (Expected `int` >= 0 - at `$.segment.requests`)")):
+        read_all(path)
 
 
 # -- integrity ------------------------------------------------------------

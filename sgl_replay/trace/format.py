@@ -105,7 +105,7 @@ END = "end"
 # maps with these names: what a trace holds is the field list above, not
 # this code. The reader checks the rest, what a type cannot say (requests
 # named before their generate input, batch lists as long as its requests).
-Req = Annotated[int, msgspec.Meta(ge=0)]  # a request number, or a count
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]  # a request number, a length, a count
 
 
 # Inputs: one type per "type" (the tag). Fields the recorder writes on every
@@ -172,10 +172,10 @@ class Batch(msgspec.Struct, omit_defaults=True):
     if TYPE_CHECKING:
         reqs: list[int]
     else:
-        reqs: Optional[list[Req]] = None
+        reqs: Optional[list[NonNegative]] = None
     new: Optional[list[int]] = None
     cached: Optional[list[int]] = None
-    chunked: Optional[Req] = None
+    chunked: Optional[NonNegative] = None
 
 
 class State(msgspec.Struct):
@@ -186,7 +186,7 @@ class State(msgspec.Struct):
 
 
 # A finished request: [req, reason, output length, output hash (hash_ids)].
-Finished = tuple[Req, str, Req, int]
+Finished = tuple[NonNegative, str, NonNegative, int]
 
 
 class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
@@ -197,7 +197,7 @@ class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     batches: Sequence[Batch] = ()
     state: Optional[State] = None
     finished: Sequence[Finished] = ()
-    retracted: Sequence[Req] = ()
+    retracted: Sequence[NonNegative] = ()
     # Captures of a plain server only (workload kind "capture"): the output
     # token ids of each request that finished in this iteration, so that a
     # replay can force them. Absent in every other trace.
@@ -314,10 +314,10 @@ class Segment(msgspec.Struct, omit_defaults=True):
     and requests are numbered on from them. A link is a trace of its own;
     only the chain from link 0 replays."""
     run: str
-    index: int = 0
-    iterations: int = 0
-    forwards: int = 0
-    requests: int = 0
+    index: NonNegative = 0
+    iterations: NonNegative = 0
+    forwards: NonNegative = 0
+    requests: NonNegative = 0
 
 
 SEGMENT_SUFFIX = ".sglt"

@@ -397,8 +397,6 @@ class TraceReader:
             if len(self._links) > 1:
                 raise TraceError(f"{self.path}: not part of a chain of trace files (no segment in its header)")
             return Segment(run="")
-        if min(seg.index, seg.iterations, seg.forwards, seg.requests) < 0:
-            raise TraceError(f"{self.path}: bad segment in its header ({seg})")
         if len(self._links) > 1 and seg.index != index:
             raise TraceError(f"{self.path}: link {seg.index} of its recording where link {index} belongs")
         if len(self._links) > 1 and index == 0 and (seg.iterations or seg.forwards or seg.requests):
