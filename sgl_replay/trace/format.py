@@ -108,11 +108,11 @@ END = "end"
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]  # a request number, a length, a count
 
 
-# Inputs: one type per "type" (the tag). Fields the recorder writes on every
-# input of a type have defaults only so that a hand-made or older input
-# lacking one reads; fields it writes only where they apply (a generate's
-# priority and logprob options, ...) are UNSET where absent, and left out
-# again when the input is written back (convert/redact.py).
+# Inputs: one type per "type" (the tag); the recorder builds them too. Fields
+# it writes on every input of a type have defaults only so that a hand-made
+# input lacking one reads; fields it writes only where they apply (a
+# generate's priority and logprob options, ...) are UNSET where absent, which
+# encodes as absent: an input encodes to the bytes the map it stands for had.
 class _Input(msgspec.Struct, tag_field="type"):
     @property
     def kind(self) -> str:
