@@ -25,7 +25,7 @@ from sgl_replay.timing import latency
 from sgl_replay.timing.fit import cost_for, mismatch
 from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, CostModelError, Source, Tracker, load
 from sgl_replay.trace import TraceReader
-from sgl_replay.trace.format import Batch, Header, Iteration, Resolved, Timing
+from sgl_replay.trace.format import Batch, GenerateInput, Header, Iteration, Resolved, Timing
 from sgl_replay.traffic import public_traces as pt
 from sgl_replay.traffic import specs
 
@@ -256,7 +256,7 @@ def test_token_times_follow_the_batches_that_produced_them(overlap):
     prefill yields no token; with overlap scheduling each token shows at the
     end of the next iteration; a finished request's extra overlap step is
     not a token."""
-    gen = {"type": "generate", "rid": "r", "input_ids": b"\0" * 40}
+    gen = GenerateInput(rid="r", input_ids=b"\0" * 40)
     header = Header(timing=Timing(clock="wall"), resolved=Resolved(overlap_schedule=overlap))
     chunk = Batch(fwd=0, mode="extend", tokens=6, reqs=[0], new=[6], cached=[0], chunked=0)
     last = Batch(fwd=1, mode="extend", tokens=4, reqs=[0], new=[4], cached=[6])
@@ -288,7 +288,7 @@ def test_a_chats_next_turn_is_found_with_its_think_time():
 
     first, answer = list(range(10, 40)), [7, 8, 9]
     def gen(rid, ids):
-        return {"type": "generate", "rid": rid, "input_ids": pack_ids(ids)}
+        return GenerateInput(rid=rid, input_ids=pack_ids(ids))
     records = [
         Iteration(i=0, ms=5.0, inputs=[gen("t1", first), gen("early", first + answer + [1])], arrivals=[1.0, 2.0]),
         Iteration(i=1, ms=50.0, finished=[[0, "length", 3, 0]], outputs=[[0, pack_ids(answer)]]),
