@@ -19,6 +19,7 @@ from typing import Optional
 import click
 
 from sgl_replay.runs.check import ExitCode
+from sgl_replay.trace.format import GenerateInput
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 # A trace argument: a file, a directory holding one recording, or a
@@ -346,10 +347,10 @@ def show(trace: str, iter_range: Optional[str], rid: Optional[str], header_only:
         try:
             for record in reader.iterations():
                 for item in record.inputs:
-                    if item["type"] == "generate":
-                        if item["rid"] == rid:
+                    if type(item) is GenerateInput:
+                        if item.rid == rid:
                             wanted = len(rids)
-                        rids.append(item["rid"])
+                        rids.append(item.rid)
                 if not lo <= record.i < hi:
                     continue
                 if rid is not None and (wanted is None or not touches(record, wanted, rid)):
@@ -400,7 +401,7 @@ def stats(trace: str, as_json: bool) -> None:
             records += 1
             for item in record.inputs:
                 inputs += 1
-                requests += item["type"] == "generate"
+                requests += type(item) is GenerateInput
             for batch in record.batches:
                 forwards += 1
                 modes[batch.mode] = modes.get(batch.mode, 0) + 1

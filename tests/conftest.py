@@ -94,7 +94,7 @@ def forwards(body: list[Iteration]) -> list[Batch]:
 
 
 def rid_table(body: list[Iteration]) -> list[str]:
-    return [x["rid"] for rec in body for x in rec.inputs if x["type"] == "generate"]
+    return [x.rid for rec in body for x in rec.inputs if x.kind == "generate"]
 
 
 def interruptible() -> None:

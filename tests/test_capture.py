@@ -266,7 +266,7 @@ def test_latency_of_the_capture_is_what_bench_serving_measured_less_the_time_out
     traces, result, _, _, _ = captured
     with TraceReader(str(traces[0])) as reader:
         records = list(reader.iterations())
-    prompt = {x["rid"]: len(x["input_ids"]) // 4 for r in records for x in r.inputs if x["type"] == "generate"}
+    prompt = {x.rid: len(x.input_ids) // 4 for r in records for x in r.inputs if x.kind == "generate"}
     times = latency.of_trace(str(traces[0])).summary()["per_request"]
     ours = [((prompt[rid], t["output_len"]), t) for rid, t in times.items()]  # in pull order
     sent = list(zip(zip(result["input_lens"], result["output_lens"]), result["ttfts"], result["itls"]))
@@ -290,7 +290,7 @@ def test_multi_turn_reuses_the_cached_prefix(captured):
     traces, _, _, extras, _ = captured
     with TraceReader(str(traces[0])) as reader:
         records = list(reader.iterations())
-    reqs = [x["rid"] for r in records for x in r.inputs if x["type"] == "generate"]
+    reqs = [x.rid for r in records for x in r.inputs if x.kind == "generate"]
     second = reqs.index("turn-2")
     cached = [c for r in records for b in r.batches if b.new for n, c in zip(b.reqs, b.cached) if n == second]
     prompt, answer = extras["turns"]
@@ -358,7 +358,7 @@ def test_disconnect_is_captured_as_an_abort(captured):
     assert extras["alive_after"]["meta_info"]["completion_tokens"] == 2
     with TraceReader(str(traces[0])) as reader:
         records = list(reader.iterations())
-    assert any(x["type"] == "abort" and x["rid"] == "gone" for r in records for x in r.inputs)
+    assert any(x.kind == "abort" and x.rid == "gone" for r in records for x in r.inputs)
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +378,7 @@ def captured_again(tmp_path_factory):
 def _arrivals_and_lengths(path, n: int) -> tuple[list, list]:
     with TraceReader(str(path)) as reader:
         records = list(reader.iterations())
-    arrivals = [r.i for r in records for x in r.inputs if x["type"] == "generate"][:n]
+    arrivals = [r.i for r in records for x in r.inputs if x.kind == "generate"][:n]
     lengths = dict((f[0], f[2]) for r in records for f in r.finished)
     return arrivals, [lengths.get(k) for k in range(n)]
 

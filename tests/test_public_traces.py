@@ -335,8 +335,8 @@ def test_mooncake_slice_prefix_reuse_shows_as_cached_tokens(slice_recording):
     imported = pt.load("mooncake", spec.path, spec.options)
     prompts = [imported.input_ids(r) for r in imported.requests]
     records = body(out)
-    inputs = [x for rec in records for x in rec.inputs if x["type"] == "generate"]
-    assert [x["rid"] for x in inputs] == [r.rid for r in imported.requests]
+    inputs = [x for rec in records for x in rec.inputs if x.kind == "generate"]
+    assert [x.rid for x in inputs] == [r.rid for r in imported.requests]
     first_cached: dict[int, int] = {}
     for rec in records:
         for batch in rec.batches:
@@ -412,9 +412,9 @@ def test_wall_clock_sends_each_request_at_its_time_and_the_recording_replays(eng
     out = str(tmp_path / "wall.sglt")
     record_workload(engines.get(EngineConfig.embedded()), spec, out)
     records = body(out)
-    pulled = {x["rid"]: at for rec in records for x, at in zip(rec.inputs, rec.arrivals)
-              if x["type"] == "generate"}
-    ended = {x["rid"]: rec.ms for rec in records for x in rec.inputs if x["type"] == "generate"}
+    pulled = {x.rid: at for rec in records for x, at in zip(rec.inputs, rec.arrivals)
+              if x.kind == "generate"}
+    ended = {x.rid: rec.ms for rec in records for x in rec.inputs if x.kind == "generate"}
     assert list(pulled) == [r.rid for r in imported.requests]
     # pulled no earlier than its time (the recording starts before the first
     # send), and not long after it (a CPU forward of a few prompts takes
@@ -481,7 +481,7 @@ def test_redaction_keeps_lengths_prefix_relation_and_eos_and_nothing_else(tmp_pa
     header2, body, end = read_all(out)
     assert header2.redacted and header2.engine_args["api_key"] == "<redacted>"
     assert header2.argv == ["--api-key", "<redacted>", "--port", "1"] and end.complete
-    new = [unpack_ids(x["input_ids"]) for x in body[0].inputs]
+    new = [unpack_ids(x.input_ids) for x in body[0].inputs]
     outs = {n: unpack_ids(o) for n, o in body[1].outputs}
     assert [len(p) for p in new] == [len(p) for p in prompts]
     assert {n: len(o) for n, o in outs.items()} == {n: len(o) for n, o in outputs.items()}
@@ -587,7 +587,7 @@ def test_record_redact_writes_only_the_redacted_trace_and_keeps_the_recording_if
     assert sorted(p.name for p in tmp_path.iterdir()) == ["red.sglt"]
     header, records, end = read_all(str(out))
     imported = pt.load("mooncake", str(SLICE), {"token_scale": SCALE, "limit": 6})
-    prompts = [unpack_ids(x["input_ids"]) for rec in records for x in rec.inputs if x["type"] == "generate"]
+    prompts = [unpack_ids(x.input_ids) for rec in records for x in rec.inputs if x.kind == "generate"]
     originals = [imported.input_ids(r) for r in imported.requests]
     assert header.redacted and end.complete and end.requests == 6
     assert [len(p) for p in prompts] == [len(p) for p in originals]
@@ -610,8 +610,8 @@ def test_a_redacted_recording_replays_with_the_originals_consequences(slice_reco
     result = CliRunner().invoke(main, ["redact", out, "-o", redacted])
     assert result.exit_code == 0, result.output
     original, replayed = body(out), str(tmp_path / "replayed.sglt")
-    old_prompts = [x["input_ids"] for rec in original for x in rec.inputs if x["type"] == "generate"]
-    new_prompts = [x["input_ids"] for rec in body(redacted) for x in rec.inputs if x["type"] == "generate"]
+    old_prompts = [x.input_ids for rec in original for x in rec.inputs if x.kind == "generate"]
+    new_prompts = [x.input_ids for rec in body(redacted) for x in rec.inputs if x.kind == "generate"]
     assert len(new_prompts) == 24 and all(a != b and len(a) == len(b) for a, b in zip(old_prompts, new_prompts))
     verdict = check(redacted, pool=engines, observed=replayed)
     assert verdict.outcome is Outcome.SAME, verdict.lines(redacted, "replay")

@@ -25,8 +25,8 @@ def lifecycle(body):
            for rid in rids}
     for rec in body:
         for item in rec.inputs:
-            if item["type"] == "generate":
-                out[item["rid"]]["pulled"] = rec.i
+            if item.kind == "generate":
+                out[item.rid]["pulled"] = rec.i
         for b in rec.batches:
             for k, n in enumerate(b.reqs):
                 row = out[rids[n]]
@@ -90,15 +90,15 @@ def test_abort_mid_decode_finishes_the_victim_with_abort(recorded):
     victim = life["abort-1"]["finish"]
     assert victim["reason"] == "abort"
     assert 6 <= victim["length"] < 48
-    abort_at = next(rec.i for rec in body for x in rec.inputs if x["type"] == "abort")
+    abort_at = next(rec.i for rec in body for x in rec.inputs if x.kind == "abort")
     assert victim["i"] >= abort_at
     for rid in ("abort-0", "abort-2", "abort-3"):
         assert life[rid]["finish"] == {"i": life[rid]["finish"]["i"], "reason": "length", "length": 48}
 
 
 def _pause_window(body):
-    pause = next(rec.i for rec in body for x in rec.inputs if x["type"] == "pause")
-    resume = next(rec.i for rec in body for x in rec.inputs if x["type"] == "continue")
+    pause = next(rec.i for rec in body for x in rec.inputs if x.kind == "pause")
+    resume = next(rec.i for rec in body for x in rec.inputs if x.kind == "continue")
     return pause, resume
 
 
@@ -139,7 +139,7 @@ def test_kv_pressure_forces_retraction(recorded):
 def test_priority_lets_the_high_priority_request_overtake(recorded):
     _, body, _ = read(recorded("priority"))
     life = lifecycle(body)
-    order = [x["rid"] for rec in body for x in rec.inputs]
+    order = [x.rid for rec in body for x in rec.inputs]
     assert order.index("low-2") < order.index("high-0")
     assert life["low-2"]["pulled"] == life["high-0"]["pulled"]
     assert life["high-0"]["extends"][0]["i"] < life["low-2"]["extends"][0]["i"]
@@ -156,7 +156,7 @@ def test_running_cap_never_runs_more_than_two(recorded):
 
 def test_flush_between_waves_empties_the_cache(recorded):
     _, body, _ = read(recorded("flush_between_waves"))
-    assert sum(1 for rec in body for x in rec.inputs if x["type"] == "flush") == 2
+    assert sum(1 for rec in body for x in rec.inputs if x.kind == "flush") == 2
     # every wave repeats the same prompt: only the flushes keep it from the cache
     cached = [e["cached"] for row in lifecycle(body).values() for e in row["extends"]]
     assert cached and all(c == 0 for c in cached)
@@ -196,7 +196,7 @@ def test_a_script_that_raises_leaves_a_sealed_incomplete_trace(engines, tmp_path
     assert info.value.trace == out
     _, body, end = read(out)
     assert not end.complete and "ValueError" in end.reason
-    assert body[0].inputs[0]["rid"] == "doomed-0"
+    assert body[0].inputs[0].rid == "doomed-0"
     # the engine survives a failed script
     record_workload(engines.get(EngineConfig.embedded()), parse_workload("chunked_prefill"),
                     str(tmp_path / "after.sglt"))

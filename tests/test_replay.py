@@ -55,7 +55,7 @@ def expected_first_divergence(tweak: str, body: list[Iteration]) -> int:
     if tweak == "reverse_waiting":
         # the first prefill picks from a queue it did not take whole
         first = next(rec for rec in body if rec.batches)
-        waiting = sum(1 for x in body[0].inputs if x["type"] == "generate")
+        waiting = sum(1 for x in body[0].inputs if x.kind == "generate")
         assert len(first.batches[0].reqs) < waiting
         return first.i
     if tweak == "cap_prefill_2":
@@ -156,7 +156,7 @@ def served(engines, tweaks, tmp_path_factory):
 def test_serve_mode_records_the_iteration_the_scheduler_pulled_each_request(served):
     trace, witness_lines = served
     _, body, end = read(trace)
-    pulled = {x["rid"]: rec.i for rec in body for x in rec.inputs if x["type"] == "generate"}
+    pulled = {x.rid: rec.i for rec in body for x in rec.inputs if x.kind == "generate"}
     seen = {rid: entry["call"] for entry in map(json.loads, witness_lines) for rid in entry["rids"]}
     assert len(pulled) == 10 and set(pulled) <= set(seen)
     offsets = {seen[rid] - i for rid, i in pulled.items()}

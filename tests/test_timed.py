@@ -25,7 +25,7 @@ from sgl_replay.timing import latency
 from sgl_replay.timing.fit import cost_for, mismatch
 from sgl_replay.timing.model import FEATURES, FORMAT, KIND, CostModel, CostModelError, Source, Tracker, load
 from sgl_replay.trace import TraceReader
-from sgl_replay.trace.format import Batch, Header, Iteration, Resolved, Timing
+from sgl_replay.trace.format import Batch, GenerateInput, Header, Iteration, Resolved, Timing
 from sgl_replay.traffic import public_traces as pt
 from sgl_replay.traffic import specs
 
@@ -91,8 +91,8 @@ def test_a_wall_clock_recording_keeps_every_busy_iteration_time(wall_recording):
         assert len(r.arrivals) == len(r.inputs)
         for x, at in zip(r.inputs, r.arrivals):
             assert at <= r.ms  # pulled during the iteration it ended
-            if x["type"] == "generate":
-                arrived[x["rid"]] = at
+            if x.kind == "generate":
+                arrived[x.rid] = at
     # sent at its (scaled) time, pulled no earlier
     assert all(arrived[q.rid] >= float(q.arrival_ms) for q in imported.requests)
     summary = latency.of_trace(out).summary()
@@ -115,13 +115,13 @@ def test_a_modelled_replay_is_a_pure_function_of_trace_and_cost(wall_recording, 
     _, recorded = body(out)
     header, replayed = body(first)
     assert header.timing.clock == "modeled" and header.timing.cost == msgspec.to_builtins(COST)
-    arrivals = {x["rid"]: at for r in recorded for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"}
+    arrivals = {x.rid: at for r in recorded for x, at in zip(r.inputs, r.arrivals) if x.kind == "generate"}
     pulled = {}
     prev_ms = 0.0
     for r in replayed:
         for x, at in zip(r.inputs, r.arrivals):
-            if x["type"] == "generate":
-                pulled[x["rid"]] = at
+            if x.kind == "generate":
+                pulled[x.rid] = at
                 assert prev_ms <= at <= r.ms  # at the start of the iteration that pulled it
         prev_ms = r.ms
     assert set(pulled) == set(arrivals)
@@ -157,7 +157,7 @@ def test_a_recording_on_the_modelled_clock_replays_its_batches(engines, tmp_path
     header, records = body(recorded)
     assert header.timing.clock == "modeled"
     imported = pt.load("mooncake", spec.path, spec.options)
-    pulled = [at for r in records for x, at in zip(r.inputs, r.arrivals) if x["type"] == "generate"]
+    pulled = [at for r in records for x, at in zip(r.inputs, r.arrivals) if x.kind == "generate"]
     assert len(pulled) == len(imported.requests)
     assert all(p >= float(q.arrival_ms) - 1e-3 for p, q in zip(pulled, imported.requests))
     assert pulled[0] == pytest.approx(float(imported.requests[0].arrival_ms), abs=1e-3)
@@ -337,7 +337,7 @@ def test_token_times_follow_the_batches_that_produced_them(overlap):
     prefill yields no token; with overlap scheduling each token shows at the
     end of the next iteration; a finished request's extra overlap step is
     not a token."""
-    gen = {"type": "generate", "rid": "r", "input_ids": b"\0" * 40}
+    gen = GenerateInput(rid="r", input_ids=b"\0" * 40)
     header = Header(timing=Timing(clock="wall"), resolved=Resolved(overlap_schedule=overlap))
     chunk = Batch(fwd=0, mode="extend", tokens=6, reqs=[0], new=[6], cached=[0], chunked=0)
     last = Batch(fwd=1, mode="extend", tokens=4, reqs=[0], new=[4], cached=[6])
@@ -369,7 +369,7 @@ def test_a_chats_next_turn_is_found_with_its_think_time():
 
     first, answer = list(range(10, 40)), [7, 8, 9]
     def gen(rid, ids):
-        return {"type": "generate", "rid": rid, "input_ids": pack_ids(ids)}
+        return GenerateInput(rid=rid, input_ids=pack_ids(ids))
     records = [
         Iteration(i=0, ms=5.0, inputs=[gen("t1", first), gen("early", first + answer + [1])], arrivals=[1.0, 2.0]),
         Iteration(i=1, ms=50.0, finished=[[0, "length", 3, 0]], outputs=[[0, pack_ids(answer)]]),

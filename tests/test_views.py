@@ -42,7 +42,8 @@ def _copy(src: str, dst: str, *, drop_retraction_at=None, env=None) -> None:
         writer = TraceWriter(dst, header)
         for record in reader.iterations():
             if record.inputs:
-                inputs = [{**x, "rid": ODD_RID} if x.get("rid") == "kv-11" else x for x in record.inputs]
+                inputs = [msgspec.structs.replace(x, rid=ODD_RID) if getattr(x, "rid", None) == "kv-11" else x
+                          for x in record.inputs]
                 record = msgspec.structs.replace(record, inputs=inputs)
             if record.i == drop_retraction_at:
                 record = msgspec.structs.replace(record, retracted=())
@@ -214,7 +215,7 @@ def _counts(path: str) -> dict:
         for record in reader.iterations():
             forwards += len(record.batches)
             retractions += len(record.retracted)
-            requests += sum(1 for x in record.inputs if x["type"] == "generate")
+            requests += sum(1 for x in record.inputs if x.kind == "generate")
     return {"forwards": forwards, "retractions": retractions, "requests": requests}
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from sgl_replay.trace import TraceReader, TraceWriter  # noqa: E402
 from sgl_replay.trace import writer as writer_module  # noqa: E402
-from sgl_replay.trace.format import unpack_ids  # noqa: E402
+from sgl_replay.trace.format import GenerateInput, unpack_ids  # noqa: E402
 from sgl_replay.trace.reader import MAX_BLOCK_BYTES, TraceError  # noqa: E402
 from sgl_replay.trace.text import batch_text, input_text, names_from, state_text  # noqa: E402
 
@@ -362,10 +362,10 @@ def consume(record, rids: list) -> None:
     """What show, stats, diff and replay do with a record."""
     for item in record.inputs:
         input_text(item)
-        if item["type"] == "generate":
-            rids.append(item["rid"])
-            if item.get("input_ids") is not None:
-                unpack_ids(item["input_ids"])
+        if type(item) is GenerateInput:
+            rids.append(item.rid)
+            if item.input_ids is not None:
+                unpack_ids(item.input_ids)
     name = names_from(rids)
     for batch in record.batches:
         batch_text(batch, name)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
-from sgl_replay.trace.format import Header
+from sgl_replay.trace.format import GenerateInput, Header
 from sgl_replay.trace.reader import TraceReader
 from sgl_replay.traffic.public_traces import DEFAULT_BLOCK_SIZE, DEFAULT_ITERATION_MS
 
@@ -110,9 +110,9 @@ def trace_requests(path: str, block_size: Optional[int] = None) -> tuple[list[Ex
         for record in reader.iterations():
             arrivals = record.arrivals if len(record.arrivals) == len(record.inputs) else None
             for k, item in enumerate(record.inputs):
-                if item.get("type") == "generate":
-                    ids = item.get("input_ids") or b""
-                    rows.append(ExportedRow(item["rid"], record.i, len(ids) // 4,
+                if type(item) is GenerateInput:
+                    ids = item.input_ids or b""
+                    rows.append(ExportedRow(item.rid, record.i, len(ids) // 4,
                                             blocks.chain(ids) if blocks else [],
                                             ms=arrivals[k] if arrivals is not None else record.ms))
             for finished in record.finished:

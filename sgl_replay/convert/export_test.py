@@ -19,7 +19,10 @@ import re
 from typing import Any, Optional
 
 from sgl_replay.runs.replay import engine_config_for
-from sgl_replay.trace.format import unpack_ids
+from msgspec import UNSET
+
+from sgl_replay.trace.format import (GENERATE_EXTRAS, REPLAYABLE_INPUTS, AbortInput, ContinueInput, FlushInput,
+                                     GenerateInput, Input, PauseInput, unpack_ids)
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 # sampling keys ctx.start_req takes (ignore_eos=False is the API's default)
@@ -58,20 +61,18 @@ def _literal(value: Any, what: str) -> str:
     return repr(value)
 
 
-def _input_line(i: int, item: dict, prompts: dict[str, str]) -> str:
-    kind = item["type"]
-    if kind == "generate":
-        rid = item["rid"]
-        if item.get("input_ids") is None:
+def _input_line(i: int, item: Input, prompts: dict[str, str]) -> str:
+    if type(item) is GenerateInput:
+        rid = item.rid
+        if item.input_ids is None:
             raise TraceError(f"iteration {i}: generate input {rid!r} has no input_ids (an exported "
                              f"test sends token ids); it cannot be exported")
-        ids = unpack_ids(item["input_ids"])
-        sampling = dict(item.get("sampling") or {})
+        ids = unpack_ids(item.input_ids)
+        sampling = dict(item.sampling)
         where = f"iteration {i}: generate input {rid!r}"
-        extra = {k: item[k] for k in ("priority", "return_logprob", "logprob_start_len", "top_logprobs_num",
-                                      "extra_key", "cache_salt", "routed_dp_rank") if k in item}
+        extra = {k: v for k in GENERATE_EXTRAS if (v := getattr(item, k)) is not UNSET}
         uniform = ids and all(t == ids[0] for t in ids)
-        simple = (uniform and set(sampling) <= _START_REQ_SAMPLING and item.get("stream", True)
+        simple = (uniform and set(sampling) <= _START_REQ_SAMPLING and item.stream
                   and set(extra) <= {"priority"})
         if simple:
             args = [f"rid={rid!r}", f"prompt_len={len(ids)}", f"prompt_token={ids[0]}"]
@@ -83,19 +84,19 @@ def _input_line(i: int, item: dict, prompts: dict[str, str]) -> str:
             const += "_"
         prompts[rid] = const
         args = [repr(rid), const, f"sampling={_literal(sampling, where)}"]
-        if not item.get("stream", True):
+        if not item.stream:
             args.append("stream=False")
         args += [f"{k}={_literal(v, where)}" for k, v in extra.items()]
         return f"    ({i}, generate({', '.join(args)})),"
-    if kind == "abort":
-        return f"    ({i}, abort_all())," if item.get("all") else f"    ({i}, abort({item['rid']!r})),"
-    if kind == "pause":
-        return f"    ({i}, pause(mode={item['mode']!r})),"
-    if kind == "continue":
-        return f"    ({i}, resume(torch_empty_cache={bool(item.get('torch_empty_cache'))!r})),"
-    if kind == "flush":
+    if type(item) is AbortInput:
+        return f"    ({i}, abort_all())," if item.all else f"    ({i}, abort({item.rid!r})),"
+    if type(item) is PauseInput:
+        return f"    ({i}, pause(mode={item.mode!r})),"
+    if type(item) is ContinueInput:
+        return f"    ({i}, resume(torch_empty_cache={item.torch_empty_cache!r})),"
+    if type(item) is FlushInput:
         return f"    ({i}, flush_cache()),"
-    raise ValueError(f"input {kind!r} cannot be exported")
+    raise ValueError(f"input {item.kind!r} cannot be exported")
 
 
 def _runs(batches: list[tuple]) -> list[tuple]:
@@ -119,15 +120,15 @@ def expected_of(trace: str) -> dict[str, Any]:
         body = list(reader.iterations())
         end = reader.end
     rids: list[str] = []
-    inputs: list[tuple[int, dict]] = []
+    inputs: list[tuple[int, Input]] = []
     batches: list[tuple] = []
     finished: list[tuple] = []
     retracted: list[tuple] = []
     for rec in body:
         for item in rec.inputs:
-            if item["type"] == "generate":
-                rids.append(item["rid"])
-            if item["type"] in ("generate", "abort", "pause", "continue", "flush"):
+            if type(item) is GenerateInput:
+                rids.append(item.rid)
+            if isinstance(item, REPLAYABLE_INPUTS):
                 inputs.append((rec.i, item))
         for b in rec.batches:
             names = " ".join(rids[n] for n in b.reqs)
@@ -152,8 +153,8 @@ def export_test(trace: str, output: str, *, name: Optional[str] = None) -> dict[
     input_lines = [_input_line(i, item, prompts) for i, item in facts["inputs"]]
     prompt_lines = []
     for _, item in facts["inputs"]:
-        if item["type"] == "generate" and item["rid"] in prompts:
-            prompt_lines.append(f"{prompts[item['rid']]} = {unpack_ids(item['input_ids'])!r}")
+        if type(item) is GenerateInput and item.rid in prompts and item.input_ids is not None:
+            prompt_lines.append(f"{prompts[item.rid]} = {unpack_ids(item.input_ids)!r}")
     last_input = max((i for i, _ in facts["inputs"]), default=0)
     iterations = max(end.iterations if end is not None else 0, last_input + 1)
     test_name = name or re.sub(r"\W+", "_", os.path.splitext(os.path.basename(output))[0].removeprefix("test_"))

@@ -34,7 +34,7 @@ from typing import Optional
 import msgspec
 
 from sgl_replay.credentials import redact as redact_setting, redact_argv
-from sgl_replay.trace.format import End, Header, Iteration, hash_ids, pack_ids, unpack_ids
+from sgl_replay.trace.format import End, GenerateInput, Header, Iteration, hash_ids, pack_ids, unpack_ids
 from sgl_replay.trace.reader import TraceError, TraceReader
 from sgl_replay.trace.writer import TraceWriter
 
@@ -181,9 +181,9 @@ def _collect(trace: str) -> tuple[Header, Optional[End], dict[int, bytes], set[i
         for record in reader.iterations():
             try:
                 for item in record.inputs:
-                    if item.get("type") == "generate":
+                    if type(item) is GenerateInput:
                         requests += 1
-                        stop = (item.get("sampling") or {}).get("stop_token_ids") or ()
+                        stop = item.sampling.get("stop_token_ids") or ()
                         stops.update(t for t in stop if isinstance(t, int))
                 for req, packed in record.outputs:
                     if not 0 <= req < requests:
@@ -275,22 +275,22 @@ class _Rewrite:
     def record(self, record: Iteration) -> Iteration:
         changes: dict = {}
         try:
-            if any(item.get("type") == "generate" for item in record.inputs):
+            if any(type(item) is GenerateInput for item in record.inputs):
                 inputs = []
                 for item in record.inputs:
-                    if item.get("type") == "generate":
-                        packed = item.get("input_ids")
+                    if type(item) is GenerateInput:
+                        packed = item.input_ids
                         new = self._prompt(packed if packed is not None else b"")
                         if packed is not None:
-                            item = {**item, "input_ids": new}
+                            item = msgspec.structs.replace(item, input_ids=new)
                         self.requests += 1
                     inputs.append(item)
                 changes["inputs"] = inputs
             if record.outputs:
                 changes["outputs"] = [[n, self.new_outputs[n][0]] for n, _ in record.outputs]
             if any(f[0] in self.new_outputs for f in record.finished):
-                changes["finished"] = [[n, reason, length, self.new_outputs[n][1] if n in self.new_outputs
-                                        else digest] for n, reason, length, digest in record.finished]
+                changes["finished"] = [(n, reason, length, self.new_outputs[n][1] if n in self.new_outputs
+                                        else digest) for n, reason, length, digest in record.finished]
         except _BAD_RECORD as e:
             raise TraceError(f"{self.trace}: iteration {record.i}: {type(e).__name__}: {e}") from None
         return msgspec.structs.replace(record, **changes) if changes else record

@@ -87,7 +87,7 @@ def project(record: Optional[Iteration], dropped: frozenset[str], rids: Optional
         if "batches" in out and any(f.startswith("batches.") for f in dropped):
             out["batches"] = [{k: v for k, v in b.items() if f"batches.{k}" not in dropped}
                               for b in out["batches"]]
-        if "finished" in out and any(f in dropped for f in _FINISHED_FIELDS):
+        if "finished" in out:  # lists, whether the record held tuples (read) or lists (built)
             keep = [f not in dropped for f in _FINISHED_FIELDS]
             out["finished"] = [list(f[:1]) + [v for v, k in zip(f[1:], keep) if k] for f in out["finished"]]
     if "state" not in dropped and state is not None:
@@ -101,8 +101,8 @@ def _rename(plain: Projected, name: Name) -> None:
         b["reqs"] = [name(n) for n in b["reqs"]]
         if "chunked" in b:
             b["chunked"] = name(b["chunked"])
-    for f in plain.get("finished", ()):
-        f[0] = name(f[0])
+    if "finished" in plain:
+        plain["finished"] = [(name(f[0]), *f[1:]) for f in plain["finished"]]
     if "retracted" in plain:
         plain["retracted"] = [name(n) for n in plain["retracted"]]
 

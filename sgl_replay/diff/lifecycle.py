@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, fields, replace
 from typing import Any, Optional
 
-from sgl_replay.trace.format import Iteration
+from sgl_replay.trace.format import GenerateInput, Iteration
 
 
 @dataclass(slots=True)
@@ -51,9 +51,9 @@ class Lifecycles:
         i = record.i
         rids, rows = self.rids, self.rows
         for item in record.inputs:
-            if item["type"] == "generate":
-                rids.append(item["rid"])
-                rows[item["rid"]] = Lifecycle(item["rid"], arrival=i)
+            if type(item) is GenerateInput:
+                rids.append(item.rid)
+                rows[item.rid] = Lifecycle(item.rid, arrival=i)
         for batch in record.batches:
             if batch.cached is None:  # present with "new" (the reader checks it)
                 continue

@@ -31,7 +31,7 @@ from sgl_replay.runs.capture import CaptureFailed, run_capture
 from sgl_replay.runs.check import Outcome, Verdict, check, read_header
 from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.replay import engine_config_for
-from sgl_replay.trace.format import Source, Workload
+from sgl_replay.trace.format import REPLAYABLE_INPUTS, AbortInput, GenerateInput, Source, Workload
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 SUBSET_SCRIPT = "sgl_replay.scheduler.subset:record_subset"
@@ -78,14 +78,13 @@ def units_of(trace: str) -> tuple[list[Unit], int]:
         order = 0
         for record in reader.iterations():
             for item in record.inputs:
-                kind = item["type"]
-                if kind == "generate":
-                    name = item["rid"]
+                if type(item) is GenerateInput:
+                    name = item.rid
                     requests.add(name)
-                elif kind == "abort" and not item.get("all") and item.get("rid") in requests:
-                    name = item["rid"]
-                elif kind in ("abort", "pause", "continue", "flush"):
-                    name = f"{kind}@{record.i}#{order}"
+                elif type(item) is AbortInput and not item.all and item.rid in requests:
+                    name = item.rid
+                elif isinstance(item, REPLAYABLE_INPUTS):
+                    name = f"{item.kind}@{record.i}#{order}"
                 else:
                     continue  # not replayable: not fed to a candidate either
                 by_name.setdefault(name, []).append((record.i, order, item))

@@ -41,6 +41,7 @@ from sgl_replay.timing import latency
 from sgl_replay.timing.model import CostModel
 from sgl_replay.trace.format import SCHEDULING_ARG_LIMITS, SCHEDULING_ARGS, Header
 from sgl_replay.trace.reader import TraceError, TraceReader, chain_paths
+from sgl_replay.views.whatif import page, versus
 
 # Grid keys: the scheduling arguments a replay may set, and the client's.
 CLIENT_KEYS: dict[str, type] = {"max_in_flight": int}
@@ -498,14 +499,6 @@ def text_lines(result: Sweep) -> Iterator[str]:
     yield fidelity_line(result)
 
 
-def versus(row: dict[str, Any], rank: str) -> str:
-    """A table row's rank figure against the baseline's, in words."""
-    change = row[f"{rank}_vs_baseline_pct"]
-    if change is None or row["baseline"]:
-        return "-"
-    return f"{change:+.1f}% worse" if change > 0 else f"{-change:.1f}% better" if change < 0 else "same"
-
-
 def _ms(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -528,9 +521,7 @@ def write(result: Sweep, path: str) -> None:
         data = json.dumps({"trace": result.trace, "rank": result.rank, "recorded": _no_requests(result.recorded),
                            "fidelity": result.rows[0].fidelity, "rows": table(result)}, indent=1).encode()
     elif kind in (".html", ".htm"):
-        from sgl_replay.views.whatif import page
-
-        data = page(result, table(result)).encode()
+        data = page(result.trace, result.runner, result.rank, table(result), fidelity_line(result)).encode()
     else:
         raise WhatifError(f"-o {path}: write .csv, .json or .html")
     tmp = f"{path}.tmp"

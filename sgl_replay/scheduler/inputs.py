@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from sgl_replay.trace.format import pack_ids, unpack_ids
+from msgspec import UNSET
+
+from sgl_replay.trace.format import (GENERATE_EXTRAS, AbortInput, ContinueInput, FlushInput, GenerateInput, Input,
+                                     OtherInput, PauseInput, pack_ids, unpack_ids)
 
 # SamplingParams attributes a caller can set through /generate, as
 # (attribute, name in the API). normalize() moves `stop` to `stop_strs`.
@@ -58,65 +61,61 @@ def _sampling(params) -> dict:
     return out
 
 
-def _generate(obj) -> dict:
-    item = {"type": "generate", "rid": obj.rid,
-            "input_ids": pack_ids(obj.input_ids) if obj.input_ids is not None else None,
-            "sampling": _sampling(obj.sampling_params), "stream": bool(obj.stream)}
+def _generate(obj) -> GenerateInput:
+    item = GenerateInput(rid=obj.rid, input_ids=pack_ids(obj.input_ids) if obj.input_ids is not None else None,
+                         sampling=_sampling(obj.sampling_params), stream=bool(obj.stream))
     if obj.priority is not None:
-        item["priority"] = obj.priority
+        item.priority = obj.priority
     if obj.return_logprob:
-        item["return_logprob"] = True
-        item["logprob_start_len"] = obj.logprob_start_len
-        item["top_logprobs_num"] = obj.top_logprobs_num
+        item.return_logprob = True
+        item.logprob_start_len = obj.logprob_start_len
+        item.top_logprobs_num = obj.top_logprobs_num
     for name in ("extra_key", "cache_salt", "routed_dp_rank"):
         value = getattr(obj, name, None)
         if value is not None:
-            item[name] = value
+            setattr(item, name, value)
     return item
 
 
-_FROM_PULLED: dict[str, Callable[[Any], list]] = {
+_FROM_PULLED: dict[str, Callable[[Any], list[Input]]] = {
     "TokenizedGenerateReqInput": lambda o: [_generate(o)],
     "BatchTokenizedGenerateReqInput": lambda o: [_generate(x) for x in o.batch],
-    "AbortReq": lambda o: [{"type": "abort", "rid": o.rid, "all": bool(o.abort_all)}],
-    "PauseGenerationReqInput": lambda o: [{"type": "pause", "mode": o.mode}],
-    "ContinueGenerationReqInput": lambda o: [
-        {"type": "continue", "torch_empty_cache": bool(o.torch_empty_cache)}],
-    "FlushCacheReqInput": lambda o: [{"type": "flush"}],
+    "AbortReq": lambda o: [AbortInput(rid=o.rid, all=bool(o.abort_all))],
+    "PauseGenerationReqInput": lambda o: [PauseInput(mode=o.mode)],
+    "ContinueGenerationReqInput": lambda o: [ContinueInput(torch_empty_cache=bool(o.torch_empty_cache))],
+    "FlushCacheReqInput": lambda o: [FlushInput()],
 }
 
 
-def from_pulled(obj: Any) -> list[dict]:
+def from_pulled(obj: Any) -> list[Input]:
     """The named records for one object the scheduler pulled."""
     convert = _FROM_PULLED.get(type(obj).__name__)
     if convert is None:
-        return [{"type": "other", "name": type(obj).__name__}]
+        return [OtherInput(name=type(obj).__name__)]
     return convert(obj)
 
 
-def to_http(item: dict) -> tuple[str, Optional[dict], Callable[[Any], bool]]:
+def to_http(item: Input) -> tuple[str, Optional[dict], Callable[[Any], bool]]:
     """(path, json body, predicate that recognizes the pulled object) for the
     HTTP call that makes the tokenizer manager send `item` to the scheduler."""
-    kind = item["type"]
-    if kind == "generate":
-        body = {"input_ids": unpack_ids(item["input_ids"]), "sampling_params": item["sampling"],
-                "rid": item["rid"], "stream": item["stream"]}
-        for name in ("priority", "return_logprob", "logprob_start_len", "top_logprobs_num",
-                     "extra_key", "cache_salt", "routed_dp_rank"):
-            if name in item:
-                body[name] = item[name]
-        rid = item["rid"]
-        return "/generate", body, lambda o: getattr(o, "rid", None) == rid
-    if kind == "abort":
-        rid, every = item["rid"], item["all"]
-        return ("/abort_request", {"rid": rid, "abort_all": every},
-                lambda o: type(o).__name__ == "AbortReq" and o.rid == rid and o.abort_all == every)
-    if kind == "pause":
-        return ("/pause_generation", {"mode": item["mode"]},
-                lambda o: type(o).__name__ == "PauseGenerationReqInput")
-    if kind == "continue":
-        return ("/continue_generation", {"torch_empty_cache": item.get("torch_empty_cache", False)},
-                lambda o: type(o).__name__ == "ContinueGenerationReqInput")
-    if kind == "flush":
-        return "/flush_cache", None, lambda o: type(o).__name__ == "FlushCacheReqInput"
-    raise ValueError(f"input of type {kind!r} cannot be replayed")
+    match item:
+        case GenerateInput(rid=rid, input_ids=bytes() as ids):
+            body = {"input_ids": unpack_ids(ids), "sampling_params": item.sampling, "rid": rid,
+                    "stream": item.stream}
+            for name in GENERATE_EXTRAS:
+                value = getattr(item, name)
+                if value is not UNSET:
+                    body[name] = value
+            return "/generate", body, lambda o: getattr(o, "rid", None) == rid
+        case AbortInput(rid=rid, all=every):
+            return ("/abort_request", {"rid": rid, "abort_all": every},
+                    lambda o: type(o).__name__ == "AbortReq" and o.rid == rid and o.abort_all == every)
+        case PauseInput():
+            return ("/pause_generation", {"mode": item.mode},
+                    lambda o: type(o).__name__ == "PauseGenerationReqInput")
+        case ContinueInput():
+            return ("/continue_generation", {"torch_empty_cache": item.torch_empty_cache},
+                    lambda o: type(o).__name__ == "ContinueGenerationReqInput")
+        case FlushInput():
+            return "/flush_cache", None, lambda o: type(o).__name__ == "FlushCacheReqInput"
+    raise ValueError(f"input {str(item)[:80]} cannot be replayed")

@@ -32,7 +32,7 @@ import msgspec
 
 from sgl_replay.scheduler import inputs as input_codec
 from sgl_replay.timing.model import ModelledClock
-from sgl_replay.trace.format import ITER, End, Header, Timing, hash_ids, pack_ids
+from sgl_replay.trace.format import ITER, AbortInput, End, GenerateInput, Header, Timing, hash_ids, pack_ids
 from sgl_replay.trace.writer import TraceWriter
 
 logger = logging.getLogger(__name__)
@@ -320,12 +320,12 @@ class Recording:
     def on_input(self, obj: Any) -> None:
         items = input_codec.from_pulled(obj)
         for item in items:
-            if item["type"] == "generate":
+            if type(item) is GenerateInput:
                 req = self.requests
                 self.requests += 1
-                self.req_of_rid[item["rid"]] = req
-                self.pending[req] = item["rid"]
-            elif item["type"] == "abort":
+                self.req_of_rid[item.rid] = req
+                self.pending[req] = item.rid
+            elif type(item) is AbortInput:
                 self._saw_abort = True
             self._inputs.append(item)
         if self.timed:  # when the scheduler pulled it: where sglang stamps a request's arrival too

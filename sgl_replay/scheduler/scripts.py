@@ -29,7 +29,7 @@ from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.timing.model import ModelledClock, from_builtins
 from sgl_replay.timing.turns import client_hops, follow_ups
-from sgl_replay.trace.format import REPLAYABLE_INPUTS
+from sgl_replay.trace.format import REPLAYABLE_INPUTS, AbortInput, GenerateInput, Input
 from sgl_replay.trace.reader import TraceReader
 from sgl_replay.traffic import specs
 
@@ -117,10 +117,9 @@ def _read_rids_and_outputs(trace: str) -> tuple[set, dict]:
     with TraceReader(trace) as recorded:
         for record in recorded.iterations():
             for x in record.inputs:
-                if x["type"] == "generate":
-                    rids.add(x["rid"])
-                    ids = x.get("input_ids")
-                    prompts[len(prompts)] = (x["rid"], len(ids) // 4 if ids is not None else 0)
+                if type(x) is GenerateInput:
+                    rids.add(x.rid)
+                    prompts[len(prompts)] = (x.rid, len(x.input_ids) // 4 if x.input_ids is not None else 0)
             outputs.extend(getattr(record, "outputs", ()))
     return rids, oracle.table_of(outputs, prompts) if outputs else {}
 
@@ -154,12 +153,12 @@ class _Release:
         self.hops = hops or {}
         self.sent = 0
 
-    def __call__(self, item: dict, arrival_us: int) -> Optional[int]:
-        if item["type"] != "generate":
+    def __call__(self, item: Input, arrival_us: int) -> Optional[int]:
+        if type(item) is not GenerateInput:
             return arrival_us
         rec = self.probe.recording
         when = arrival_us
-        earlier = self.follows.get(item.get("rid"))
+        earlier = self.follows.get(item.rid)
         if earlier is not None:
             req = rec.req_of_rid.get(earlier[0])
             if req is None or req in rec.live or req in rec.pending:
@@ -170,7 +169,7 @@ class _Release:
         if self.limit is not None:
             if self.sent - len(rec.finished_at) >= self.limit:
                 return None
-            hop = self.hops.get(item.get("rid"))
+            hop = self.hops.get(item.rid)
             if hop is not None and self.sent >= self.limit:  # the (sent - limit)-th finish freed its slot
                 when = max(when, round((rec.finish_ms[self.sent - self.limit] + hop) * 1000))
             when = max(when, rec.clock.now_us)
@@ -178,29 +177,29 @@ class _Release:
         return when
 
 
-def _feed_timed(probe, poster, base_url: str, item: dict, arrival_us: int) -> None:
+def _feed_timed(probe, poster, base_url: str, item: Input, arrival_us: int) -> None:
     """One input of a timed replay. An abort of a request that already
     finished in this replay (it ran faster than in the recording) has
     nothing to abort: the tokenizer manager would drop it on the way."""
     rec = probe.recording
-    if item["type"] == "abort" and not item.get("all"):
-        req = rec.req_of_rid.get(item.get("rid"))
+    if type(item) is AbortInput and not item.all:
+        req = rec.req_of_rid.get(item.rid)
         if req is None or (req not in rec.live and req not in rec.pending):
             return
     feed(probe, poster, base_url, item)
 
 
-def feed(probe, poster, base_url: str, item: dict) -> None:
+def feed(probe, poster, base_url: str, item: Input) -> None:
     """Send one recorded input through the engine's server and wait until it
     sits in the recv proxy (a replay and a subset feed inputs alike)."""
-    if item["type"] not in REPLAYABLE_INPUTS:
+    if not isinstance(item, REPLAYABLE_INPUTS):
         logger.warning("sgl-replay: input %s cannot be replayed; skipped", item)
         return
     path, body, arrived = input_codec.to_http(item)
     poster.post(base_url + path, body)
     try:
         probe.proxy.wait_until_arrived(arrived, timeout_s=ARRIVAL_TIMEOUT_S,
-                                       description=f"{item['type']} {item.get('rid', '')}")
+                                       description=f"{item.kind} {getattr(item, 'rid', '')}")
     except TimeoutError:
-        logger.warning("sgl-replay: %s %s did not reach the scheduler%s", item["type"],
-                       item.get("rid", ""), f" ({poster.errors[-1]})" if poster.errors else "")
+        logger.warning("sgl-replay: %s %s did not reach the scheduler%s", item.kind,
+                       getattr(item, "rid", ""), f" ({poster.errors[-1]})" if poster.errors else "")

@@ -22,17 +22,23 @@ from sgl_replay.scheduler.header import build_header
 from sgl_replay.scheduler.poster import shared_poster
 from sgl_replay.scheduler.recorder import active_probe
 from sgl_replay.scheduler.scripts import RESPONSES_DRAIN_S, feed
+from sgl_replay.trace.format import GenerateInput, Input
 
 SCRIPT = "sgl_replay.scheduler.subset:record_subset"
+
+
+class Plan(msgspec.Struct):
+    iterations: list[tuple[int, list[Input]]]
+    max_iterations: int
 
 
 def record_subset(ctx, job: Job) -> Generator:
     assert job.trace is not None  # the subset's plan (runs/minimize.py)
     with open(job.trace, "rb") as f:
-        plan = msgspec.msgpack.decode(f.read())
-    steps = [(int(i), list(items)) for i, items in plan["iterations"]]
-    limit = int(plan["max_iterations"])
-    rids = {x["rid"] for _, items in steps for x in items if x["type"] == "generate"}
+        plan = msgspec.msgpack.decode(f.read(), type=Plan)
+    steps = plan.iterations
+    limit = plan.max_iterations
+    rids = {x.rid for _, items in steps for x in items if type(x) is GenerateInput}
     probe = active_probe(ctx.scheduler)
     server_args = ctx.scheduler.server_args
     base_url = f"http://{server_args.host}:{server_args.port}"

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sgl_replay.trace.format import Header, Iteration
+from sgl_replay.trace.format import GenerateInput, Header, Iteration
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 PERCENTILES = (50, 90, 99)
@@ -154,11 +154,11 @@ def from_records(header: Header, records: Iterable[Iteration]) -> Latency:
             waiting_token = []
         arrivals = record.arrivals
         for k, item in enumerate(record.inputs):
-            if item.get("type") == "generate":
+            if type(item) is GenerateInput:
                 at = arrivals[k]
-                ids = item.get("input_ids")
-                digest = hashlib.blake2b(ids, digest_size=8).hexdigest() if isinstance(ids, bytes) else ""
-                r = RequestTimes(rid=str(item.get("rid")), arrival=float(at), prompt=digest)
+                ids = item.input_ids
+                digest = hashlib.blake2b(ids, digest_size=8).hexdigest() if ids is not None else ""
+                r = RequestTimes(rid=item.rid, arrival=float(at), prompt=digest)
                 live[len(requests)] = r
                 requests.append(r)
         start = (prev_ms if prev_i == record.i - 1 and not record.after_idle

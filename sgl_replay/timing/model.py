@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import msgspec
 
+from sgl_replay.trace.format import GenerateInput, Input
+
 KIND = "sgl-replay cost model"
 FORMAT = 3
 BATCH_FEATURES_V2 = ("prefill", "decode", "reqs", "new_ktok", "ctx_ktok", "attn_mtok")
@@ -179,11 +181,10 @@ class Tracker:
         self.prev: tuple[float, ...] = _ZERO
         self.pulled = self.pulled_tokens = 0  # generate requests pulled in since the last iteration()
 
-    def inputs(self, inputs: Iterable[Any]) -> None:
+    def inputs(self, inputs: Iterable[Input]) -> None:
         for x in inputs:
-            if isinstance(x, dict) and x.get("type") == "generate":
-                ids = x.get("input_ids")
-                self.prompt[self.requests] = n = len(ids) // 4 if isinstance(ids, (bytes, bytearray)) else 0
+            if type(x) is GenerateInput:
+                self.prompt[self.requests] = n = len(x.input_ids) // 4 if x.input_ids is not None else 0
                 self.requests += 1
                 self.pulled += 1
                 self.pulled_tokens += n
@@ -244,7 +245,7 @@ class ModelledClock:
         self.tracker = Tracker()
         self.now_us = 0
 
-    def end_iteration(self, inputs: Sequence[dict], batches: Sequence[dict], finished: Sequence[list]) -> None:
+    def end_iteration(self, inputs: Sequence[Input], batches: Sequence[dict], finished: Sequence[list]) -> None:
         self.tracker.inputs(inputs)
         x = self.tracker.iteration([(b["mode"], b["reqs"], b.get("new"), b.get("cached"), b.get("chunked"))
                                     for b in batches], finished)

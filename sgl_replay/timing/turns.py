@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from sgl_replay.trace.format import Iteration
+from sgl_replay.trace.format import GenerateInput, Iteration
 
 KEY_TOKENS = 16
 RECENT = 64
@@ -34,16 +34,15 @@ def follow_ups(records: Iterable[Iteration]) -> dict[str, tuple[str, float]]:
     for record in records:
         arrivals = record.arrivals
         for k, item in enumerate(record.inputs):
-            if item.get("type") != "generate":
+            if type(item) is not GenerateInput:
                 continue
-            ids = item.get("input_ids")
-            ids = ids if isinstance(ids, bytes) else b""
+            ids = item.input_ids or b""
             at = arrivals[k] if k < len(arrivals) else record.ms
             for full, rid, done in reversed(recent.get(ids[:key_bytes], ())):
                 if len(full) < len(ids) and ids.startswith(full) and at is not None:
-                    out[str(item.get("rid"))] = (rid, max(0.0, at - done))
+                    out[item.rid] = (rid, max(0.0, at - done))
                     break
-            prompts[n] = (str(item.get("rid")), ids)
+            prompts[n] = (item.rid, ids)
             n += 1
         for output in record.outputs:
             if len(output) == 2 and output[0] in prompts and isinstance(output[1], bytes) and record.ms is not None:
@@ -74,8 +73,8 @@ def client_hops(records: Iterable[Iteration], limit: int) -> dict[str, float]:
     n = 0
     for record in records:
         for k, item in enumerate(record.inputs):
-            if item.get("type") == "generate" and k < len(record.arrivals):
-                arrivals.append((str(item.get("rid")), record.arrivals[k]))
+            if type(item) is GenerateInput and k < len(record.arrivals):
+                arrivals.append((str(item.rid), record.arrivals[k]))
                 arrival_of[n] = record.arrivals[k]
                 n += 1
         for f in record.finished:

@@ -61,7 +61,7 @@ keeps the hot records small and fast to compare. The rid is in the input.
               sampling params only), "stream", optional "priority",
               "return_logprob", "logprob_start_len", "top_logprobs_num"}
              {"type": "abort", "rid", "all"}
-             {"type": "pause", "mode"}      {"type": "continue"}
+             {"type": "pause", "mode"}      {"type": "continue", "torch_empty_cache"}
              {"type": "flush"}              {"type": "other", "name"}
     batch    {"fwd": forward index in this run, "mode": "extend" | "decode" |
               "mixed" | "idle" ..., "reqs": [req, ...] (left out when the same
@@ -79,9 +79,10 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 FORMAT_VERSION = 3
 # Versions this code reads. Version 1 wrote "reqs" in every batch and input
@@ -97,12 +98,70 @@ END = "end"
 
 
 # The body's records as the reader returns them: typed, so that a block
-# decodes straight into them (about 1.4x faster than into dicts, and a field
-# of the wrong type is bad record data, not a surprise later; a field this
-# code does not know, which a later sgl-replay may add, is skipped). They are
-# still msgpack maps with these names: what a trace holds is the field list
-# above, not this code. Inputs stay maps: their fields vary with the input's
-# type and sglang's version, and they are few.
+# decodes straight into them (about 1.4x faster than into dicts), and msgspec
+# checks every field's type and bounds as it decodes: a field of the wrong
+# type is bad record data, not a surprise later. A field this code does not
+# know, which a later sgl-replay may add, is skipped. They are still msgpack
+# maps with these names: what a trace holds is the field list above, not
+# this code. The reader checks the rest, what a type cannot say (requests
+# named before their generate input, batch lists as long as its requests).
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]  # a request number, a length, a count
+
+
+# Inputs: one type per "type" (the tag); the recorder builds them too. Fields
+# it writes on every input of a type have defaults only so that a hand-made
+# input lacking one reads; fields it writes only where they apply (a
+# generate's priority and logprob options, ...) are UNSET where absent, which
+# encodes as absent: an input encodes to the bytes the map it stands for had.
+class _Input(msgspec.Struct, tag_field="type"):
+    @property
+    def kind(self) -> str:
+        """The input's "type": its tag."""
+        return str(self.__struct_config__.tag)
+
+
+class GenerateInput(_Input, tag="generate"):
+    rid: str
+    input_ids: Optional[bytes] = None  # int32 little-endian, unpack_ids(); None for a text prompt
+    sampling: dict[str, Any] = {}  # non-default sampling params, keyed by their /generate names
+    stream: bool = False
+    priority: Union[Optional[int], UnsetType] = UNSET
+    return_logprob: Union[bool, UnsetType] = UNSET
+    logprob_start_len: Union[int, UnsetType] = UNSET
+    top_logprobs_num: Union[int, UnsetType] = UNSET
+    extra_key: Union[Optional[str], UnsetType] = UNSET
+    cache_salt: Union[Optional[str], UnsetType] = UNSET
+    routed_dp_rank: Union[Optional[int], UnsetType] = UNSET
+
+
+class AbortInput(_Input, tag="abort", kw_only=True):
+    rid: Optional[str] = None  # None only with all
+    all: bool
+
+
+class PauseInput(_Input, tag="pause"):
+    mode: str
+
+
+class ContinueInput(_Input, tag="continue"):
+    torch_empty_cache: bool = False
+
+
+class FlushInput(_Input, tag="flush"):
+    pass
+
+
+class OtherInput(_Input, tag="other"):
+    """An object the scheduler pulled that sgl-replay cannot resend."""
+    name: str
+
+
+Input = Union[GenerateInput, AbortInput, PauseInput, ContinueInput, FlushInput, OtherInput]
+# The extras of a generate input the HTTP call carries as they are.
+GENERATE_EXTRAS = ("priority", "return_logprob", "logprob_start_len", "top_logprobs_num",
+                   "extra_key", "cache_salt", "routed_dp_rank")
+
+
 class Batch(msgspec.Struct, omit_defaults=True):
     fwd: int
     mode: Optional[str]
@@ -113,10 +172,10 @@ class Batch(msgspec.Struct, omit_defaults=True):
     if TYPE_CHECKING:
         reqs: list[int]
     else:
-        reqs: Optional[list[int]] = None
+        reqs: Optional[list[NonNegative]] = None
     new: Optional[list[int]] = None
     cached: Optional[list[int]] = None
-    chunked: Optional[int] = None
+    chunked: Optional[NonNegative] = None
 
 
 class State(msgspec.Struct):
@@ -126,15 +185,19 @@ class State(msgspec.Struct):
     req_free: int
 
 
+# A finished request: [req, reason, output length, output hash (hash_ids)].
+Finished = tuple[NonNegative, str, NonNegative, int]
+
+
 class Iteration(msgspec.Struct, tag_field="t", tag=ITER, omit_defaults=True):
     """Absent fields read as an empty tuple (shared, unlike a fresh list per
     record: 10% of decode time); present ones decode as lists."""
     i: int
-    inputs: Sequence[dict[str, Any]] = ()  # keyed by strings: consumers sort and print them
+    inputs: Sequence[Input] = ()
     batches: Sequence[Batch] = ()
     state: Optional[State] = None
-    finished: Sequence[list[Any]] = ()  # [req, reason, output_len, output_hash]
-    retracted: Sequence[int] = ()
+    finished: Sequence[Finished] = ()
+    retracted: Sequence[NonNegative] = ()
     # Captures of a plain server only (workload kind "capture"): the output
     # token ids of each request that finished in this iteration, so that a
     # replay can force them. Absent in every other trace.
@@ -251,10 +314,10 @@ class Segment(msgspec.Struct, omit_defaults=True):
     and requests are numbered on from them. A link is a trace of its own;
     only the chain from link 0 replays."""
     run: str
-    index: int = 0
-    iterations: int = 0
-    forwards: int = 0
-    requests: int = 0
+    index: NonNegative = 0
+    iterations: NonNegative = 0
+    forwards: NonNegative = 0
+    requests: NonNegative = 0
 
 
 SEGMENT_SUFFIX = ".sglt"
@@ -348,7 +411,7 @@ SCHEDULING_ENV: dict[str, type] = {
 }
 
 # Input types a replay can feed back through a real path.
-REPLAYABLE_INPUTS = ("generate", "abort", "pause", "continue", "flush")
+REPLAYABLE_INPUTS = (GenerateInput, AbortInput, PauseInput, ContinueInput, FlushInput)
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:

@@ -28,8 +28,8 @@ import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, SEGMENT_SUFFIX, Batch, End,
-                                     Header, Iteration, Record, Segment, pack_ids)
+from sgl_replay.trace.format import (FORMAT_VERSION, HEADER, ITER, READABLE_VERSIONS, SEGMENT_SUFFIX, AbortInput, Batch,
+                                     End, GenerateInput, Header, Iteration, Record, Segment, pack_ids)
 
 # Caps on what a file can make the reader hold. They are constants, not
 # anything the file declares: a size a file declares is what a hostile one
@@ -227,7 +227,17 @@ def _typed_record(record: Any) -> Record:
         for item in record.get("inputs", ()):
             if type(item) is dict and type(item.get("input_ids")) is list:
                 item["input_ids"] = pack_ids(item["input_ids"])
-    typed: Record = msgspec.convert(record, Record)
+    return _typed(record)
+
+
+def _typed(record: Any) -> Record:
+    """A record of plain values as its type; a field the type refuses is bad
+    data naming the iteration and the field."""
+    try:
+        typed: Record = msgspec.convert(record, Record)
+    except msgspec.ValidationError as e:
+        i = record.get("i") if type(record) is dict else None
+        raise _BadData(f"iteration {i}: {e}" if type(i) is int else str(e)) from None
     return typed
 
 
@@ -296,7 +306,14 @@ class _BlockStream:
     def _decode(self, data: memoryview) -> list[Any]:
         if len(data) > MAX_BLOCK_ITEMS:
             _ValueCounter(many=False).walk(data, "block")
-        records = _decode_without_gc_passes(self._decoder, data)
+        try:
+            records = _decode_without_gc_passes(self._decoder, data)
+        except msgspec.ValidationError:
+            # The block's records one by one, to name the iteration (bad
+            # input only; the block was counted before the first decode).
+            for record in self._plain.decode(data):
+                _typed(record)
+            raise
         if not records:
             raise _BadData("a block of no records")  # the writer never writes one
         if self._header:
@@ -380,8 +397,6 @@ class TraceReader:
             if len(self._links) > 1:
                 raise TraceError(f"{self.path}: not part of a chain of trace files (no segment in its header)")
             return Segment(run="")
-        if min(seg.index, seg.iterations, seg.forwards, seg.requests) < 0:
-            raise TraceError(f"{self.path}: bad segment in its header ({seg})")
         if len(self._links) > 1 and seg.index != index:
             raise TraceError(f"{self.path}: link {seg.index} of its recording where link {index} belongs")
         if len(self._links) > 1 and index == 0 and (seg.iterations or seg.forwards or seg.requests):
@@ -453,18 +468,16 @@ class TraceReader:
         A record is yielded only once it has been checked (TraceError names
         the iteration otherwise), so consumers may rely on:
         - iteration numbers i >= 0 and strictly increasing;
-        - every input a dict with a str "type"; a "generate" input has a str
-          "rid", "input_ids" bytes of a whole number of int32 or None (or
-          absent), and "sampling", if present, a dict with str keys; requests
-          are numbered by their generate input's position in the trace;
-          "abort" has a bool "all" and a str "rid" (None allowed only with
-          all); "pause" has a str "mode"; "other" a str "name";
+        - every field of the type trace/format.py gives it (msgspec checks
+          those as it decodes: an input is one of the Input types, request
+          numbers and output lengths are >= 0, ...); requests are numbered by
+          their generate input's position in the trace;
+        - a generate input's input_ids are a whole number of int32s (or
+          None); an abort's rid is None only with all;
         - every batch's reqs, "chunked", finished and retracted entries are
-          request numbers in [0, generate inputs so far, this iteration's
-          included); "new" and "cached" are both present or both absent, and
-          as long as reqs;
-        - finished entries are [req, reason str, output length int >= 0,
-          hash int];
+          request numbers below the count of generate inputs so far, this
+          iteration's included; "new" and "cached" are both present or both
+          absent, and as long as reqs;
         - the trace ends with the end record (nothing after it), which agrees:
           iterations >= last i + 1, forwards == last
           batch's fwd + 1 (0 without batches), requests == generate inputs.
@@ -499,7 +512,7 @@ class TraceReader:
                                              f"before any were named")
                         batch.reqs = last_reqs
                     else:  # checked once: later batches share the list, requests only grow
-                        if reqs and (min(reqs) < 0 or max(reqs) >= requests):
+                        if reqs and max(reqs) >= requests:
                             _bad_request(record, reqs, requests, path)
                         last_reqs = reqs
                     if batch.new is not None or batch.cached is not None or batch.chunked is not None:
@@ -693,41 +706,24 @@ def _one_line(error: BaseException) -> str:
 
 
 def _bad_request(record: Iteration, numbers: Iterable[int], requests: int, path: str) -> NoReturn:
-    bad = next(n for n in numbers if not 0 <= n < requests)
+    bad = next(n for n in numbers if n >= requests)
     raise TraceError(f"{path}: iteration {record.i}: request {bad} named, but only {requests} "
                      f"generate inputs so far")
 
 
-_NO_SAMPLING: dict[str, Any] = {}
-
-
 def _check_inputs(record: Iteration, requests: int, path: str) -> int:
-    """Inputs are few (one per request and control call): checked one by one.
-    Returns the count of generate inputs including this record's."""
-    for item in record.inputs:  # dicts: the decoder checked that
-        kind = item.get("type")
-        if kind == "generate":
-            ids = item.get("input_ids")
-            sampling = item.get("sampling", _NO_SAMPLING)
-            if (type(item.get("rid")) is not str
-                    or (ids is not None and (type(ids) is not bytes or len(ids) % 4))
-                    or type(sampling) is not dict
-                    or (sampling and not all(type(k) is str for k in sampling))):
-                raise TraceError(f"{path}: iteration {record.i}: bad generate input "
-                                 f"(rid str, input_ids int32 bytes, sampling map): {str(item)[:80]}")
+    """What an input's type cannot say: a generate input's ids are whole
+    int32s, and an abort names its request unless it aborts all. Returns the
+    count of generate inputs including this record's."""
+    for item in record.inputs:
+        if type(item) is GenerateInput:
+            if item.input_ids is not None and len(item.input_ids) % 4:
+                raise TraceError(f"{path}: iteration {record.i}: bad generate input (input_ids of "
+                                 f"{len(item.input_ids)} bytes, not whole int32s): {str(item)[:80]}")
             requests += 1
-        elif type(kind) is not str:
-            raise TraceError(f"{path}: iteration {record.i}: an input without a type: {str(item)[:80]}")
-        elif kind == "abort":
-            every, rid = item.get("all"), item.get("rid")
-            if type(every) is not bool or not (type(rid) is str or (rid is None and every)):
-                raise TraceError(f"{path}: iteration {record.i}: bad abort input "
-                                 f"(rid str, all bool): {str(item)[:80]}")
-        elif kind in ("pause", "other"):
-            field = "mode" if kind == "pause" else "name"
-            if type(item.get(field)) is not str:
-                raise TraceError(f"{path}: iteration {record.i}: {kind} input without a str "
-                                 f"{field}: {str(item)[:80]}")
+        elif type(item) is AbortInput and item.rid is None and not item.all:
+            raise TraceError(f"{path}: iteration {record.i}: bad abort input (no rid, and not all): "
+                             f"{str(item)[:80]}")
     return requests
 
 
@@ -740,22 +736,15 @@ def _check_batch(record: Iteration, batch: Batch, requests: int, path: str) -> N
         raise TraceError(f"{path}: iteration {record.i}: batch {batch.fwd}: {count} requests, "
                          f"but new and cached tokens for {None if new is None else len(new)} "
                          f"and {None if cached is None else len(cached)}")
-    if chunked is not None and not 0 <= chunked < requests:
+    if chunked is not None and chunked >= requests:
         _bad_request(record, (chunked,), requests, path)
 
 
 def _check_finished_and_retracted(record: Iteration, requests: int, path: str) -> None:
-    for entry in record.finished:
-        if len(entry) == 4:
-            req, reason, length, digest = entry
-            if (type(req) is int and 0 <= req < requests and type(reason) is str
-                    and type(length) is int and length >= 0 and type(digest) is int):
-                continue
-        raise TraceError(f"{path}: iteration {record.i}: bad finished entry {str(entry)[:80]} "
-                         f"(want [request < {requests}, reason, length >= 0, hash])")
-    retracted = record.retracted
-    if retracted and (min(retracted) < 0 or max(retracted) >= requests):
-        _bad_request(record, retracted, requests, path)
+    named = [entry[0] for entry in record.finished]
+    named += record.retracted
+    if max(named) >= requests:
+        _bad_request(record, named, requests, path)
 
 
 def _check_end(end: End, last_i: int, last_fwd: int, requests: int, path: str) -> None:

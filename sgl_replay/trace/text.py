@@ -3,9 +3,12 @@ report."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from sgl_replay.trace.format import Batch, End, Header, Iteration, State, unpack_ids
+from msgspec import UNSET
+
+from sgl_replay.trace.format import (AbortInput, Batch, End, GenerateInput, Header, Input, Iteration, OtherInput,
+                                     PauseInput, State, unpack_ids)
 
 Names = Callable[[int], str]  # request number -> rid
 
@@ -16,20 +19,20 @@ def names_from(table: Sequence[str]) -> Names:
     return name
 
 
-def input_text(item: dict[str, Any]) -> str:
-    kind: str = item["type"]
-    if kind == "generate":
-        ids = unpack_ids(item.get("input_ids") or b"")
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(item.get("sampling", {}).items()))
-        prio = f" priority={item['priority']}" if "priority" in item else ""
-        return f"generate {item['rid']} ({len(ids)} prompt tokens{', ' + extra if extra else ''}){prio}"
-    if kind == "abort":
-        return "abort all" if item.get("all") else f"abort {item['rid']}"
-    if kind == "pause":
-        return f"pause ({item['mode']})"
-    if kind == "other":
-        return f"other ({item['name']})"
-    return kind
+def input_text(item: Input) -> str:
+    match item:
+        case GenerateInput():
+            ids = unpack_ids(item.input_ids or b"")
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(item.sampling.items()))
+            prio = f" priority={item.priority}" if item.priority is not UNSET else ""
+            return f"generate {item.rid} ({len(ids)} prompt tokens{', ' + extra if extra else ''}){prio}"
+        case AbortInput():
+            return "abort all" if item.all else f"abort {item.rid}"
+        case PauseInput():
+            return f"pause ({item.mode})"
+        case OtherInput():
+            return f"other ({item.name})"
+    return item.kind
 
 
 def batch_text(batch: Batch, name: Names) -> str:
@@ -56,7 +59,7 @@ def iteration_lines(record: Iteration, name: Names, *, only: Optional[int] = Non
     lines = [f"iter {record.i}"]
     rid = name(only) if only is not None else None
     for item in record.inputs:
-        if only is None or item.get("rid") == rid:
+        if only is None or getattr(item, "rid", None) == rid:
             lines.append(f"  pull   {input_text(item)}")
     for batch in record.batches:
         if only is None or only in batch.reqs or batch.chunked == only:
@@ -74,7 +77,7 @@ def iteration_lines(record: Iteration, name: Names, *, only: Optional[int] = Non
 
 def touches(record: Iteration, req: int, rid: str) -> bool:
     """Whether the request (number and rid) appears anywhere in the record."""
-    if any(item.get("rid") == rid for item in record.inputs):
+    if any(getattr(item, "rid", None) == rid for item in record.inputs):
         return True
     for batch in record.batches:
         if req in batch.reqs or batch.chunked == req:

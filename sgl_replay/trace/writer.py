@@ -32,7 +32,7 @@ import msgpack
 import msgspec
 import zstandard
 
-from sgl_replay.trace.format import FORMAT_VERSION, End, Header, Iteration
+from sgl_replay.trace.format import FORMAT_VERSION, End, GenerateInput, Header, Iteration
 from sgl_replay.trace.reader import MAX_BLOCK_BYTES, TraceError, TraceReader
 
 logger = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ def _seal(path: str, reason: Optional[str]) -> End:
                 last_i = record.i
                 if record.batches:
                     last_fwd = record.batches[-1].fwd
-                requests += sum(1 for x in record.inputs if x["type"] == "generate")
+                requests += sum(type(x) is GenerateInput for x in record.inputs)
         except TraceError as e:
             problem = e
         else:

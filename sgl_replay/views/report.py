@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Optional
 
 from sgl_replay.diff import DiffResult, Lifecycle, Outcome
-from sgl_replay.trace.format import Batch, Header, State
+from sgl_replay.trace.format import Batch, GenerateInput, Header, State
 from sgl_replay.trace.reader import TraceReader
 
 MAX_POINTS = 5000
@@ -173,7 +173,7 @@ def _run(path: str, label: str) -> dict:
             buckets.add(record.i, 1, tuple(tokens), state)
             nxt = record.i + 1
             counts["forwards"] += len(record.batches)
-            counts["requests"] += sum(1 for x in record.inputs if x["type"] == "generate")
+            counts["requests"] += sum(type(x) is GenerateInput for x in record.inputs)
             counts["retractions"] += len(record.retracted)
             counts["finished"] += len(record.finished)
         end = reader.end

@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Optional, TypeGuard
 
 import msgspec
 
-from sgl_replay.trace.format import Batch, End, Iteration, State
+from sgl_replay.trace.format import Batch, End, GenerateInput, Iteration, State
 from sgl_replay.trace.reader import TraceReader
 
 ITERATION_US = 1000  # time axis without wall times: one loop iteration per millisecond
@@ -211,8 +211,8 @@ class _Timeline:
         if ts > previous_end and self.counters.get(_TOKENS):  # idle loop iterations ran nothing
             self._counter(_TOKENS, 0, previous_end)
         for item in record.inputs:
-            if item["type"] == "generate":
-                self._arrive(item["rid"], ts, record.i)
+            if type(item) is GenerateInput:
+                self._arrive(item.rid, ts, record.i)
         batches = record.batches
         if batches:
             # more than one forward in an iteration: side by side within it

@@ -17,11 +17,17 @@ _COLUMNS = (("rank", "#"), ("config", "configuration"), ("ttft_p50_ms", "TTFT p5
             ("retractions", "retractions"), ("schedule_vs_baseline", "schedule vs baseline"))
 
 
-def page(result: Any, rows: list[dict[str, Any]]) -> str:
-    """`result`: a runs.whatif.Sweep; `rows`: its table."""
-    from sgl_replay.runs.whatif import fidelity_line, versus
+def versus(row: dict[str, Any], rank: str) -> str:
+    """A table row's rank figure against the baseline's, in words."""
+    change = row[f"{rank}_vs_baseline_pct"]
+    if change is None or row["baseline"]:
+        return "-"
+    return f"{change:+.1f}% worse" if change > 0 else f"{-change:.1f}% better" if change < 0 else "same"
 
-    rank = result.rank
+
+def page(trace: str, runner: str, rank: str, rows: list[dict[str, Any]], fidelity: str) -> str:
+    """A sweep of `trace` on `runner`: its table (runs/whatif.py's `table`)
+    ranked by `rank`, and the baseline's `fidelity` line."""
     against = f"{rank}_vs_baseline_pct"
     head = "".join(f"<th>{_e(title)}</th>" for _, title in _COLUMNS) + f"<th>{_e(rank)} vs baseline</th>"
     body = []
@@ -41,12 +47,12 @@ def page(result: Any, rows: list[dict[str, Any]]) -> str:
     y_label = "output tok/s" if rank == "throughput" else f"{rank} (ms)"
     data = {"x": [p[0] for p in points], "y": [p[1] for p in points], "labels": [p[2] for p in points],
             "baseline": [p[3] for p in points], "y_label": y_label}
-    title = f"sgl-replay what-if: {result.trace}"
+    title = f"sgl-replay what-if: {trace}"
     return _PAGE.format(title=_e(title), css=_asset("uPlot.min.css") + _CSS + _MORE_CSS,
                         uplot=_asset("uPlot.iife.min.js"),
-                        summary=_e(f"{len(rows)} configurations on {result.runner}, ranked by {rank}; "
+                        summary=_e(f"{len(rows)} configurations on {runner}, ranked by {rank}; "
                                    f"figures on the modelled clock"),
-                        fidelity=_e(fidelity_line(result)), head=head, body="\n".join(body),
+                        fidelity=_e(fidelity), head=head, body="\n".join(body),
                         y_label=_e(y_label), data=_json_for_script(data), script=_SCRIPT)
 
 

@@ -22,7 +22,7 @@ import tracemalloc
 
 from sgl_replay.convert.export import export
 from sgl_replay.convert.redact import redact
-from sgl_replay.trace.format import End, Header, Iteration, Model, pack_ids
+from sgl_replay.trace.format import End, GenerateInput, Header, Iteration, Model, pack_ids
 from sgl_replay.trace.writer import TraceWriter
 
 PREFIX = TAIL = 4096
@@ -37,9 +37,8 @@ def write_trace(path: str, requests: int) -> int:
     for n in range(requests):
         prompt = shared[:rng.randrange(PREFIX)] + [rng.randrange(3, 1024) for _ in range(TAIL)]
         tokens += len(prompt)
-        writer.write(Iteration(i=2 * n, inputs=[{"type": "generate", "rid": f"r{n}",
-                                                  "input_ids": pack_ids(prompt), "sampling": {}}]))
-        writer.write(Iteration(i=2 * n + 1, finished=[[n, "length", 1, 0]]))
+        writer.write(Iteration(i=2 * n, inputs=[GenerateInput(rid=f"r{n}", input_ids=pack_ids(prompt))]))
+        writer.write(Iteration(i=2 * n + 1, finished=[(n, "length", 1, 0)]))
     writer.close(End(complete=True, reason=None, iterations=2 * requests, forwards=0, requests=requests))
     return tokens
 

@@ -22,6 +22,7 @@ import tracemalloc
 
 from sgl_replay.traffic import public_traces as pt
 from sgl_replay.trace import TraceReader
+from sgl_replay.trace.format import GenerateInput
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 SOURCES = [("mooncake", "mooncake_synthetic.jsonl"), ("azure", "azure_llm_2023_code.csv")]
@@ -60,7 +61,7 @@ def repeated(source: str, times: int, directory: str) -> str:
 
 def trace_size(path: str) -> dict:
     with TraceReader(path) as reader:
-        requests = sum(1 for rec in reader.iterations() for x in rec.inputs if x["type"] == "generate")
+        requests = sum(1 for rec in reader.iterations() for x in rec.inputs if type(x) is GenerateInput)
         size = reader.file_bytes
     return {"trace": path, "requests": requests, "bytes": size,
             "bytes_per_request": round(size / requests, 1) if requests else None}
