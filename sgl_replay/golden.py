@@ -82,9 +82,9 @@ class Budget:
     def exceeded(self, recorded: dict, replay: dict) -> Optional[str]:
         """Why the replay's summary is over this budget, or None."""
         worse = latency.worse_pct(recorded, replay, self.figure)
-        if worse is not None and worse <= self.limit_pct:
-            return None
         a, b = (latency.figure(s, self.figure) for s in (recorded, replay))
+        if (worse is not None and worse <= self.limit_pct) or (a is not None and a == b):  # 0 ms stayed 0
+            return None
         unit = " tok/s" if self.figure == "throughput" else " ms"
         shown = " -> ".join("-" if x is None else f"{x:.2f}" for x in (a, b)) + unit
         if worse is None:
