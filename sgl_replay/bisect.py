@@ -61,9 +61,10 @@ class Metric:
         schedule = "; the schedule diverged" if verdict["verdict"] == Outcome.DIVERGED else ""
         if worse is None:
             return "bad", f"{self.figure} {shown}: no figure in the replay{schedule}"
-        verdict_word = "bad" if worse > self.threshold_pct else "good"
-        where = "over" if verdict_word == "bad" else "within"
-        return verdict_word, f"{self.figure} {worse:+.1f}% worse ({shown}), {where} {self.threshold_pct:g}%{schedule}"
+        bad = worse > self.threshold_pct
+        change = -worse if self.figure == "throughput" else worse
+        return ("bad" if bad else "good", f"{self.figure} {change:+.1f}% ({shown}), "
+                f"{'over' if bad else 'inside'} the {self.threshold_pct:g}% threshold{schedule}")
 
 
 @dataclass

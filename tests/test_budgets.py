@@ -9,21 +9,23 @@ loaded (test_minimize's suspect engine)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from sgl_replay.diff.outcome import Outcome as Status
-from sgl_replay.golden import Budget, ManifestError, judge, load_manifest
+from sgl_replay.golden import Budget, GoldenSuite, ManifestError, judge, load_manifest
 from sgl_replay.runs.check import Verdict
 from sgl_replay.traffic.specs import KV_PRESSURE_ARGS
 
-from test_timed import SLICE
+from test_timed import COST, SLICE
 
 # The Mooncake slice at 1/64 of its lengths (its longest prompt fits the
-# 1024-token pool) and a twentieth of its arrival times: the requests queue,
-# so the order the scheduler admits them in moves TTFT.
-WORKLOAD = f"mooncake:{SLICE}?token_scale=0.015625&time_scale=0.05&clock=modeled"
+# 1024-token pool) and a tenth of its arrival times: the requests queue, so
+# the order the scheduler admits them in moves TTFT (p90 263 ms with
+# test_timed's COST).
+WORKLOAD = f"mooncake:{SLICE}?token_scale=0.015625&time_scale=0.1&clock=modeled"
 
 
 def manifest(directory: Path, entries: dict[str, str]) -> list:
@@ -104,3 +106,45 @@ def test_a_figure_over_budget_fails_and_a_divergence_passes_only_where_it_may(tm
                              "  ttft_p90 100.00 -> 112.00 ms (+12.0%, budget +5%)"]
     if replay == summary(90.0, 40.0):
         assert lines[1] == "  throughput 50.00 -> 40.00 tok/s (-20.0%, budget -3%)"
+
+
+# ------------------------------------------------------------------ on the engine
+@pytest.fixture
+def suite(engines, tweaks, tmp_path):
+    config, mode, _ = tweaks
+    mode.write_text("off")
+    (tmp_path / "goldens").mkdir()
+    (tmp_path / "goldens" / "slice.cost.json").write_bytes(COST.to_json())
+    yield GoldenSuite(engines, device="cpu", scratch=tmp_path, engine_env=config.env), mode
+    mode.write_text("off")
+
+
+def test_planted_scheduling_changes_against_budget_goldens(suite, tmp_path):
+    """reverse_waiting (newest first) slows p90 TTFT by half: the golden
+    fails naming it, though its schedule may change. cap_prefill_2 (two
+    requests per prefill batch) changes the schedule and moves p90 TTFT 2%
+    and throughput 1%: it passes the golden whose schedule may change and
+    fails the one whose schedule must match."""
+    suite, mode = suite
+    budget = 'budget = { ttft_p90 = "+5%", throughput = "-3%" }'
+    must, may = manifest(tmp_path / "goldens", {"must": budget, "may": f'{budget}\nschedule = "may change"'})
+    assert suite.update(must).status is Status.CREATED  # recorded on the modelled clock with its cost
+    shutil.copyfile(must.path, may.path)
+    assert suite.check(must).status is Status.SAME
+
+    mode.write_text("reverse_waiting")
+    slow = suite.check(may)
+    assert slow.status is Status.OVER_BUDGET and not slow.passed
+    text = suite.failure(slow)
+    assert "over budget on the modelled clock (the schedule diverged too):" in text
+    over = next(line for line in text.splitlines() if line.startswith("  "))
+    assert over.startswith("  ttft_p90 ") and over.endswith(", budget +5%)"), text
+    assert f"sgl-replay latency {may.path} {suite.observed_path(may)}" in text
+    assert suite.observed_path(may).exists()
+
+    mode.write_text("cap_prefill_2")
+    allowed, refused = suite.check(may), suite.check(must)
+    assert allowed.status is Status.WITHIN_BUDGET and allowed.passed, allowed.report
+    assert allowed.report[0].startswith("the schedule changed, as it may; inside the budget")
+    assert refused.status is Status.DIVERGED and not refused.passed
+    assert "diverged at iteration" in suite.failure(refused)
