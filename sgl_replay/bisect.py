@@ -8,6 +8,11 @@ first on PYTHONPATH: the engine imports that revision's code (entry points
 included, so an sglang plugin's hooks load), and nothing is installed into the
 user's environment. The worktree, the bisect state and the scratch
 directories go away at the end, on Ctrl-C too.
+
+By a latency figure (`metric`, `threshold_pct`): each step's check replays
+on the modelled clock, and a step is bad when the figure
+(timing/latency.FIGURES) is more than `threshold_pct` worse than the
+recording's; a changed schedule alone is then not bad.
 """
 
 from __future__ import annotations
@@ -27,12 +32,39 @@ from typing import Callable, Optional
 
 from sgl_replay.runs import progress
 from sgl_replay.runs.check import ExitCode, Outcome
+from sgl_replay.timing import latency
 
 CHECK_STOP_GRACE_S = 10.0  # a Ctrl-C'd check gets this long to stop its engine
 
 
 class BisectError(Exception):
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A step is bad when `figure` is more than `threshold_pct` worse than
+    the recording's (check --json carries both summaries)."""
+    figure: str
+    threshold_pct: float
+
+    def judge(self, verdict: dict) -> tuple[str, str]:
+        """(good | bad, why) of a check whose replay ran to the end."""
+        timed = verdict.get("latency") or {}
+        if "recorded" not in timed or "replay" not in timed:
+            raise BisectError(f"check printed no latency: was it run with --clock modeled? ({verdict['message']})")
+        a, b = timed["recorded"], timed["replay"]
+        worse = latency.worse_pct(a, b, self.figure)
+        x, y = latency.figure(a, self.figure), latency.figure(b, self.figure)
+        shown = " -> ".join("-" if v is None else f"{v:.2f}" for v in (x, y))
+        shown += " tok/s" if self.figure == "throughput" else " ms"
+        schedule = "; the schedule diverged" if verdict["verdict"] == Outcome.DIVERGED else ""
+        if worse is None:
+            return "bad", f"{self.figure} {shown}: no figure in the replay{schedule}"
+        bad = worse > self.threshold_pct
+        change = -worse if self.figure == "throughput" else worse
+        return ("bad" if bad else "good", f"{self.figure} {change:+.1f}% ({shown}), "
+                f"{'over' if bad else 'inside'} the {self.threshold_pct:g}% threshold{schedule}")
 
 
 @dataclass
@@ -69,9 +101,11 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
 
 def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdir: str = ".",
            check_args: tuple[str, ...] = (), echo: Callable[[str], None] = print,
-           html_report: Optional[str] = None) -> BisectResult:
+           html_report: Optional[str] = None, metric: Optional[Metric] = None) -> BisectResult:
     """Bisect; with `html_report`, the first bad commit's HTML report (its
-    replay against the trace) is written there."""
+    replay against the trace) is written there. With `metric`, a step is bad
+    when its figure got too much worse (check_args then hold `--clock
+    modeled`)."""
     started = time.monotonic()
     repo_path = Path(repo).resolve()
     if not (repo_path / ".git").exists() and _git(repo_path, "rev-parse", "--git-dir", check=False).startswith("fatal"):
@@ -97,7 +131,7 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
             left = re.search(r"\(roughly (\d+) steps?\)", out)  # git's estimate, after this step
             about = f" of about {len(result.steps) + 1 + int(left.group(1))}" if left else ""
             with progress.bar(f"step {len(result.steps) + 1}{about}: checking {head[:10]}"):
-                step = _run_step(worktree, head, subdir, trace, repeat, check_args, scratch)
+                step = _run_step(worktree, head, subdir, trace, repeat, check_args, scratch, metric=metric)
             result.steps.append(step)
             echo(f"step {len(result.steps)}: {head[:10]} {step.subject[:60]!r}: {step.verdict}"
                  f" ({step.detail}, {step.seconds:.0f}s)")
@@ -108,7 +142,7 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
             if tested is None:  # the bad end itself: check it for its report
                 with progress.bar(f"checking {result.first_bad[:10]} for its report"):
                     tested = _run_step(worktree, result.first_bad, subdir, trace, repeat, check_args, scratch,
-                                       checkout=True)
+                                       checkout=True, metric=metric)
             result.report = tested.report
             if html_report and _html_report(scratch, result.first_bad).exists():
                 shutil.copyfile(_html_report(scratch, result.first_bad), html_report)
@@ -122,7 +156,8 @@ def bisect(repo: str, good: str, bad: str, trace: str, *, repeat: int = 1, subdi
 
 
 def _run_step(worktree: Path, commit: str, subdir: str, trace: str, repeat: int,
-              check_args: tuple[str, ...], scratch: Path, checkout: bool = False) -> Step:
+              check_args: tuple[str, ...], scratch: Path, checkout: bool = False,
+              metric: Optional[Metric] = None) -> Step:
     started = time.monotonic()
     if checkout:
         _git(worktree, "checkout", "--quiet", "--detach", commit)
@@ -149,6 +184,9 @@ def _run_step(worktree: Path, commit: str, subdir: str, trace: str, repeat: int,
     outcome, report = Outcome(verdict["verdict"]), "\n".join(verdict["report"])
     rate = (f"diverged in {verdict['diverged_replays']} of {verdict['replays']} replays"
             if verdict["replays"] > 1 else "")
+    if metric is not None and outcome in (Outcome.SAME, Outcome.DIVERGED):
+        word, why = metric.judge(verdict)
+        return Step(commit, subject, word, why, seconds, report=f"{why}\n{report}" if word == "bad" else "")
     if outcome is Outcome.SAME:
         return Step(commit, subject, "good", rate or "same", seconds)
     if outcome is Outcome.DIVERGED:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ import click
 
 from sgl_replay.runs.check import ExitCode
 from sgl_replay.trace.format import GenerateInput
+from sgl_replay.timing.latency import FIGURES
 from sgl_replay.trace.reader import TraceError, TraceReader
 
 # A trace argument: a file, a directory holding one recording, or a
@@ -845,13 +847,21 @@ def export_test(trace: str, output: str) -> None:
               help="Replays per step; a step with mixed results is inconclusive and skipped.")
 @click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
               help="Write the first bad commit's HTML report (its replay against TRACE) here.")
+@click.option("--metric", default=None, type=click.Choice(list(FIGURES)),
+              help="Bisect by a latency figure on the modelled clock instead of the schedule (with --threshold).")
+@click.option("--threshold", default=None, metavar="PCT",
+              help="--metric: a step is bad when the figure is more than PCT worse than TRACE's (e.g. 5%).")
+@click.option("--cost", "cost_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="--metric: the cost model (`sgl-replay cost`); default: as `check --clock modeled` picks.")
 @click.argument("trace", type=TRACE_PATH)
 @_engine_options
 @_errors_to_exit_codes
 def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, report_path: Optional[str],
-                   trace: str, device: Optional[str], engine_args: tuple[str, ...]) -> None:
+                   trace: str, device: Optional[str], engine_args: tuple[str, ...], metric: Optional[str] = None,
+                   threshold: Optional[str] = None, cost_path: Optional[str] = None) -> None:
     """Find the first commit between GOOD and BAD whose engine no longer
-    reproduces TRACE.
+    reproduces TRACE, or (--metric, --threshold) whose timed replay of TRACE
+    pushed a latency figure more than the threshold past the recording's.
 
     Runs git bisect in a linked worktree (your checkout is left as it is);
     each revision is pip-installed into a scratch directory that goes first on
@@ -865,10 +875,13 @@ def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, rep
     read_header(trace)
     check_args = tuple(a for pair in engine_args for a in ("--engine-arg", pair))
     check_args += ("--device", device) if device else ()
+    by_metric = _bisect_metric(trace, metric, threshold, cost_path)
+    if by_metric is not None:
+        check_args += ("--clock", "modeled") + (("--cost", os.path.abspath(cost_path)) if cost_path else ())
     try:
         result = bisect(repo, good, bad, trace, repeat=repeat, subdir=subdir, check_args=check_args,
                         echo=lambda line: click.echo(line, err=True),
-                        html_report=os.path.abspath(report_path) if report_path else None)
+                        html_report=os.path.abspath(report_path) if report_path else None, metric=by_metric)
     except BisectError as e:
         raise Failure(str(e), e.exit_code) from None
     skipped = ", ".join(s.commit[:10] for s in result.skipped) or "none"
@@ -884,6 +897,29 @@ def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, rep
     click.echo(f"{len(result.steps)} steps, {len(result.skipped)} skipped ({skipped}), "
                f"{result.seconds:.0f}s wall time")
     sys.exit(ExitCode.SAME if result.first_bad else ExitCode.DIVERGED)
+
+
+def _bisect_metric(trace: str, metric: Optional[str], threshold: Optional[str], cost_path: Optional[str]):
+    """bisect's Metric (None without --metric), its trace and cost model
+    checked before any step runs."""
+    from sgl_replay.bisect import Metric
+
+    if (metric is None) != (threshold is None):
+        raise click.UsageError("--metric and --threshold go together")
+    if metric is None:
+        if cost_path is not None:
+            raise click.UsageError("--cost goes with --metric")
+        return None
+    assert threshold is not None
+    m = re.fullmatch(r"\+?([0-9]+(?:\.[0-9]+)?)%?", threshold.strip())
+    if m is None:
+        raise click.BadParameter(f"{threshold!r}: how much worse, in %, e.g. 5%", param_hint="--threshold")
+    from sgl_replay.timing import latency as lat
+
+    _cost_model(trace, "modeled", cost_path)  # a trace that kept no time, a bad cost file: exit 2 here
+    if lat.figure(lat.of_trace(trace).summary(), metric) is None:
+        raise Failure(f"{trace}: no {metric} to compare (no request finished?)", ExitCode.BAD_INPUT)
+    return Metric(metric, float(m.group(1)))
 
 
 if __name__ == "__main__":

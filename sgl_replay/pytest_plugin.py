@@ -222,13 +222,8 @@ class GoldenItem(pytest.Item):
         state.ran.add((self.golden.path.parent, self.golden.name))
         suite = state.suite
         outcome = suite.update(self.golden) if state.update else suite.check(self.golden)
-        if outcome.status not in (Status.SAME, Status.CREATED, Status.UPDATED, Status.UNCHANGED):
-            kept = ""
-            if outcome.status is Status.DIVERGED:
-                kept = (f"\nobserved trace kept at {suite.observed_path(self.golden)}"
-                        f"\nHTML report (both runs, the divergence marked): {suite.report_path(self.golden)}"
-                        f"\nif the change is intended: pytest --sgl-replay-update -k {self.golden.name}")
-            raise GoldenFailure("\n".join(outcome.report) + kept)
+        if not outcome.passed:
+            raise GoldenFailure(suite.failure(outcome))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, GoldenFailure):

@@ -38,7 +38,7 @@ def engines(sgl_replay_engines):
 #      (test_record records every built-in workload for the session)
 #   2. their other users, and the default replay configuration
 #   3. the tweaks engine (tests/plugins' sched_tweaks): every test that uses it
-#   4. minimize: the KV-pool and tweaked replay configurations, a changed argument
+#   4. minimize and budgets: the KV-pool and tweaked replay configurations, a changed argument
 #   5. the replay configurations: default, KV pool, two slots, a changed knob;
 #      the goldens
 #   6. single-use configurations: the GPU traces' on CPU, the plain servers' captures
@@ -46,7 +46,7 @@ ENGINE_GROUPS = {
     "test_record.py": 1,
     "test_bisect.py": 2, "test_cli.py": 2, "test_engine.py": 2, "test_public_traces.py": 2,
     "test_timed.py": 2, "test_whatif.py": 2,
-    "test_minimize.py": 4,
+    "test_minimize.py": 4, "test_budgets.py": 4,
     "test_replay.py": 5, "goldens.toml": 5,
     "test_gpu_traces.py": 6, "test_capture.py": 6,
 }

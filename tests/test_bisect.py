@@ -1,6 +1,6 @@
 """Bisect on the real engine over a throwaway git repository of an sglang
 plugin package: one commit changes scheduling through HookRegistry, another
-breaks its import."""
+breaks its import, a last one slows p50 TTFT."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TESTS, cli_env, interruptible
+from sgl_replay.runs.engine import EngineConfig
+from sgl_replay.runs.record import record_workload
+from sgl_replay.traffic.specs import KV_PRESSURE_ARGS, parse
+from test_budgets import WORKLOAD
+from test_timed import COST
 
 PYPROJECT = """\
 [build-system]
@@ -67,9 +72,34 @@ def register():
     logger.info("tweakplug loaded")
 '''
 
+CAPS = '''"""An sglang plugin that tunes scheduling: at most two requests admitted
+into one prefill batch."""
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def _two_per_prefill(original, self, req, *args, **kwargs):
+    if len(self.can_run_list) >= 2:
+        from sglang.srt.managers.schedule_policy import AddReqResult
+
+        return AddReqResult.OTHER
+    return original(self, req, *args, **kwargs)
+
+
+def register():
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
+                          _two_per_prefill, HookType.AROUND)
+    logger.info("tweakplug loaded")
+'''
+
 # (message, module text, version); git bisect tests the 3rd commit first, so
-# the broken one is there: the first step must be skipped. Six commits: the
-# skip, a good step and the bad one (each step is an engine start).
+# the broken one is there: the first step must be skipped. The first six
+# commits: the skip, a good step and the bad one (each step is an engine
+# start); on the queued Mooncake slice newest-first makes p50 TTFT better,
+# the last commit slows it, which a bisect by that figure finds.
 HISTORY = [
     ("add tweakplug, an sglang plugin that does nothing yet", INERT, "0.1.0"),
     ("log when the plugin loads", LOGS, "0.1.1"),
@@ -77,8 +107,9 @@ HISTORY = [
     ("fix the import", LOGS, "0.1.3"),
     ("schedule the newest waiting requests first", REVERSES, "0.2.0"),
     ("tidy the hook's name", REVERSES.replace("_newest_first", "_newest_requests_first"), "0.2.1"),
+    ("oldest first again; admit at most two requests into a prefill batch", CAPS, "0.3.0"),
 ]
-REGRESSION, BROKEN = 4, 2  # indexes into HISTORY
+REGRESSION, BROKEN, SLOW = 4, 2, 6  # indexes into HISTORY
 
 
 def git(repo: Path, *args: str) -> str:
@@ -117,7 +148,7 @@ def test_bisect_names_the_commit_that_changed_scheduling(recorded, plugin_repo, 
     html = tmp_path / "first_bad.html"
     proc = subprocess.run(
         [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[0],
-         "--bad", shas[-1], "--report", str(html), trace], cwd=TESTS, env=cli_env(), capture_output=True,
+         "--bad", shas[REGRESSION + 1], "--report", str(html), trace], cwd=TESTS, env=cli_env(), capture_output=True,
         text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert f"first bad commit: {shas[REGRESSION]} {HISTORY[REGRESSION][0]}" in proc.stdout
@@ -156,7 +187,7 @@ def test_plain_git_bisect_run_works_with_the_code_on_pythonpath(recorded, plugin
     (dist / "entry_points.txt").write_text("[sglang.srt.plugins]\ntweakplug = tweakplug:register\n")
     env = cli_env()
     env["PYTHONPATH"] = f"{repo}:{env['PYTHONPATH']}"
-    git(repo, "bisect", "start", shas[-1], shas[REGRESSION - 2])  # a short range: two or three steps
+    git(repo, "bisect", "start", shas[REGRESSION + 1], shas[REGRESSION - 2])  # a short range: two or three steps
     try:
         proc = subprocess.run(["git", "bisect", "run", sys.executable, "-m", "sgl_replay.cli", "check",
                                recorded("running_cap")], cwd=repo, env=env, capture_output=True,
@@ -164,3 +195,48 @@ def test_plain_git_bisect_run_works_with_the_code_on_pythonpath(recorded, plugin
     finally:
         git(repo, "bisect", "reset")
     assert f"{shas[REGRESSION]} is the first bad commit" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def timed_trace(engines, tmp_path_factory) -> str:
+    """The queued Mooncake slice in the 1024-token KV pool (the kv_pressure
+    engine), recorded on the modelled clock with COST."""
+    out = str(tmp_path_factory.mktemp("timed") / "queued_slice.sglt")
+    record_workload(engines.get(EngineConfig.embedded(engine_args=KV_PRESSURE_ARGS)), parse(WORKLOAD), out,
+                    cost=COST)
+    return out
+
+
+def test_bisect_by_a_latency_figure_names_the_commit_that_slowed_it(timed_trace, plugin_repo, tmp_path):
+    """--metric ttft_p50 --threshold 5% from before the schedule changed:
+    newest-first changes the schedule and makes p50 TTFT better (good), two
+    requests per prefill batch slows it 7% (the first bad commit)."""
+    repo, shas = plugin_repo
+    cost = tmp_path / "cost.json"
+    cost.write_bytes(COST.to_json())
+    proc = subprocess.run(
+        [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[REGRESSION - 1],
+         "--bad", shas[SLOW], "--metric", "ttft_p50", "--threshold", "5%", "--cost", str(cost), timed_trace],
+        cwd=TESTS, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"first bad commit: {shas[SLOW]} {HISTORY[SLOW][0]}" in proc.stdout
+    report = proc.stdout.split("first bad commit:", 1)[1].splitlines()
+    assert report[1].startswith("ttft_p50 +") and "over the 5% threshold" in report[1], report
+    steps = [l for l in proc.stderr.splitlines() if l.startswith("step ")]
+    assert steps and all(": good (ttft_p50 -" in l and "inside the 5% threshold; the schedule diverged" in l
+                         for l in steps), steps
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "ttft_p90"], "--metric and --threshold go together"),
+    (["--threshold", "5%"], "--metric and --threshold go together"),
+    (["--metric", "ttft_p90", "--threshold", "five"], "how much worse, in %"),
+    (["--metric", "ttft_p90", "--threshold", "5%"], "no iteration times"),  # a golden of the iterations clock
+    (["--cost", str(TESTS / "data" / "mooncake_slice.jsonl")], "--cost goes with --metric"),
+])
+def test_bisect_by_a_figure_refuses_what_it_cannot_judge_before_any_step(tmp_path, args, message):
+    trace = str(TESTS.parent / "traces" / "chunked_prefill.sglt")
+    proc = subprocess.run([sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(tmp_path), "--good", "a",
+                           "--bad", "b", *args, trace], cwd=TESTS, env=cli_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

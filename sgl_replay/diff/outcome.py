@@ -35,6 +35,8 @@ class Outcome(str, enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+    OVER_BUDGET = "over budget"  # a figure of its latency budget got worse than the budget allows
+    WITHIN_BUDGET = "within budget"  # its schedule changed, as it may, and its figures stayed in budget
 
     def __str__(self) -> str:
         return self.value
