@@ -837,10 +837,10 @@ def export_test(trace: str, output: str) -> None:
 
 # ------------------------------------------------------------------ bisect
 @main.command("bisect")
-@click.option("--repo", required=True, type=click.Path(file_okay=False, exists=True),
+@click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False, exists=True),
               help="Git repository of the code under test (sglang, or a package that changes scheduling).")
-@click.option("--good", required=True, help="A revision that reproduces the trace.")
-@click.option("--bad", required=True, help="A revision that does not.")
+@click.option("--good", default=None, help="A revision that reproduces the trace (or GOOD after TRACE).")
+@click.option("--bad", default=None, help="A revision that does not (or BAD after TRACE).")
 @click.option("--subdir", default=".", show_default=True,
               help="Where the installable package sits in the repository (sglang: python).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
@@ -854,10 +854,12 @@ def export_test(trace: str, output: str) -> None:
 @click.option("--cost", "cost_path", default=None, type=click.Path(dir_okay=False, exists=True),
               help="--metric: the cost model (`sgl-replay cost`); default: as `check --clock modeled` picks.")
 @click.argument("trace", type=TRACE_PATH)
+@click.argument("revisions", nargs=-1, metavar="[GOOD BAD]")
 @_engine_options
 @_errors_to_exit_codes
-def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, report_path: Optional[str],
-                   trace: str, device: Optional[str], engine_args: tuple[str, ...], metric: Optional[str] = None,
+def bisect_command(repo: str, good: Optional[str], bad: Optional[str], subdir: str, repeat: int,
+                   report_path: Optional[str], trace: str, revisions: tuple[str, ...], device: Optional[str],
+                   engine_args: tuple[str, ...], metric: Optional[str] = None,
                    threshold: Optional[str] = None, cost_path: Optional[str] = None) -> None:
     """Find the first commit between GOOD and BAD whose engine no longer
     reproduces TRACE, or (--metric, --threshold) whose timed replay of TRACE
@@ -872,6 +874,11 @@ def bisect_command(repo: str, good: str, bad: str, subdir: str, repeat: int, rep
     from sgl_replay.bisect import BisectError, bisect
     from sgl_replay.runs.check import read_header
 
+    if revisions and (len(revisions) != 2 or good or bad):
+        raise click.UsageError("give the revisions once: TRACE GOOD BAD, or --good G --bad B")
+    good, bad = revisions if revisions else (good, bad)
+    if not good or not bad:
+        raise click.UsageError("which revisions? TRACE GOOD BAD, or --good G --bad B")
     read_header(trace)
     check_args = tuple(a for pair in engine_args for a in ("--engine-arg", pair))
     check_args += ("--device", device) if device else ()

@@ -208,15 +208,15 @@ def timed_trace(engines, tmp_path_factory) -> str:
 
 
 def test_bisect_by_a_latency_figure_names_the_commit_that_slowed_it(timed_trace, plugin_repo, tmp_path):
-    """--metric ttft_p50 --threshold 5% from before the schedule changed:
+    """`bisect --metric ttft_p50 --threshold 5% TRACE GOOD BAD` from before the schedule changed:
     newest-first changes the schedule and makes p50 TTFT better (good), two
     requests per prefill batch slows it 7% (the first bad commit)."""
     repo, shas = plugin_repo
     cost = tmp_path / "cost.json"
     cost.write_bytes(COST.to_json())
     proc = subprocess.run(
-        [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--good", shas[REGRESSION - 1],
-         "--bad", shas[SLOW], "--metric", "ttft_p50", "--threshold", "5%", "--cost", str(cost), timed_trace],
+        [sys.executable, "-m", "sgl_replay.cli", "bisect", "--repo", str(repo), "--metric", "ttft_p50",
+         "--threshold", "5%", "--cost", str(cost), timed_trace, shas[REGRESSION - 1], shas[SLOW]],
         cwd=TESTS, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"first bad commit: {shas[SLOW]} {HISTORY[SLOW][0]}" in proc.stdout
