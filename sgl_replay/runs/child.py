@@ -1,6 +1,7 @@
 """The engine's own main process (`python -m sgl_replay.runs.child SPEC`,
 started by sgl_replay.runs.engine): sglang's HTTP server with the server
-arguments of SPEC, a JSON file."""
+arguments of SPEC, a JSON file. Once the server's warmup thread is done, the
+child creates SPEC's `warmed` file."""
 
 from __future__ import annotations
 
@@ -45,9 +46,32 @@ def main(spec_path: str) -> None:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{type(e).__name__}: {message}", flush=True)
         sys.exit(EXIT_BAD_ENGINE_ARGS)
-    from sglang.srt.entrypoints.http_server import launch_server
+    from sglang.srt.entrypoints import http_server
 
-    launch_server(server_args)
+    if spec.get("warmed"):
+        _say_when_warmed(http_server, Path(spec["warmed"]))
+    http_server.launch_server(server_args)
+
+
+def _say_when_warmed(http_server, marker: Path) -> None:
+    """Create `marker` when the server's warmup thread has finished: its
+    warmup request, then its /freeze_gc call, whose FreezeGCReq the scheduler
+    pulls in the next iteration it runs. Until then a script could start
+    before that pull and record it as an input of its own; the engine waits
+    for the marker before it calls itself ready."""
+    warmup = getattr(http_server, "_wait_and_warmup", None)
+    if warmup is None:  # a server without that thread: nothing to wait for
+        marker.touch()
+        return
+
+    def wait_and_warmup(*args, **kwargs):
+        try:
+            return warmup(*args, **kwargs)
+        finally:
+            marker.touch()
+
+    # launch_server looks the thread's target up when it starts the thread.
+    http_server._wait_and_warmup = wait_and_warmup
 
 
 if __name__ == "__main__":

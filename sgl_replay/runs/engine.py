@@ -8,8 +8,9 @@ in a session of its own (a terminal's Ctrl-C reaches only us), notices a
 death within a poll interval and shows the log's last lines, and stops the
 whole process tree in about a second (upstream's shutdown waits 60 s).
 
-The parent imports sglang only for the harness's message classes
-(`run_script`, `stop`), not at start: a CLI that reads traces stays quick.
+The parent imports sglang only for the harness's message classes (the
+engine's replies, `run_script`, `stop`), not at import: a CLI that reads
+traces stays quick. A start imports them in a thread while the engine starts.
 The engine's own main process is sgl_replay.runs.child; the embedded model
 it loads is sgl_replay.runs.embedded_model; EnginePool (sgl_replay.runs.pool)
 shares engines by configuration.
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +40,7 @@ from sgl_replay.runs.errors import BadEngineArgs, EngineDied, EngineError, Scrip
 
 ENGINE_READY_TIMEOUT_S = 300.0  # start-up plus sglang's warmup request
 POLL_INTERVAL_S = 0.2  # how often a wait checks that the engine is alive
+READY_POLL_S = 0.01  # the last steps of a start: cheap checks, milliseconds apart
 STOP_GRACE_S = 1.0  # after Shutdown, before the process tree is killed
 LOG_TAIL_LINES = 12
 # What sglang logs (and otherwise ignores) when a plugin breaks.
@@ -187,6 +190,7 @@ class Engine:
     def _launch(cls, config: EngineConfig, timeout_s: float, extra_sys_path: tuple[str, ...]) -> "Engine":
         import zmq
 
+        _import_harness_messages()
         work_dir = Path(tempfile.mkdtemp(prefix="sgl-replay-engine-"))  # 0700
         log_path = work_dir / "engine.log"
         # The control channel (pickled harness messages) is a unix socket in
@@ -206,7 +210,7 @@ class Engine:
         launch = config.launch_args()
         launch.update(host="127.0.0.1", port=http_port)
         spec_path = work_dir / "spec.json"
-        spec_path.write_text(json.dumps({"server_args": launch}))
+        spec_path.write_text(json.dumps({"server_args": launch, "warmed": str(work_dir / "warmed")}))
 
         sys_path = [*config.sys_path, os.getcwd(), *extra_sys_path]
         env = dict(os.environ)
@@ -252,14 +256,21 @@ class Engine:
         if type(reply).__name__ != "HookReady":
             raise EngineError(f"engine sent {reply!r} instead of its ready handshake")
         # HookReady means the scheduler loop runs; the HTTP port may not be
-        # bound yet, and every control primitive posts to it.
-        while not _port_open(self.http_port):
-            self._check_alive("while binding its HTTP port")
-            self._check_port_not_taken()
+        # bound yet, and every control primitive posts to it. The server's
+        # warmup thread may still be about to send the scheduler its
+        # FreezeGCReq: ready once the child says the thread is done
+        # (sgl_replay.runs.child), so that the first script's reset pulls it.
+        warmed = self._work_dir / "warmed"
+        checked = time.monotonic()
+        while not (warmed.exists() and _port_open(self.http_port)):
+            if time.monotonic() - checked >= POLL_INTERVAL_S:
+                self._check_alive("while binding its HTTP port")
+                self._check_port_not_taken()
+                checked = time.monotonic()
             if time.monotonic() > deadline:
-                raise EngineError(f"engine HTTP port {self.http_port} not bound within "
-                                  f"{timeout_s:.0f}s; log: {self.log_path}")
-            time.sleep(POLL_INTERVAL_S)
+                raise EngineError(f"engine HTTP port {self.http_port} not bound or warmup not done "
+                                  f"within {timeout_s:.0f}s; log: {self.log_path}")
+            time.sleep(READY_POLL_S)
         self._check_plugins()
 
     def _check_port_not_taken(self) -> None:
@@ -419,6 +430,29 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_harness_import: Optional[threading.Thread] = None
+
+
+def _import_harness_messages() -> None:
+    """Import sglang's harness message classes in a thread, once per process.
+    The engine's first reply is one of them, and unpickling it imports sglang
+    (about 5 s on 2 cores) after the engine is ready; meanwhile the engine's
+    own start-up imports in one process and leaves a core idle. A failed
+    import is left for the reply's unpickling to report."""
+    global _harness_import
+    if _harness_import is not None or "sglang.test.scripted_runtime.io_struct" in sys.modules:
+        return
+
+    def run() -> None:
+        try:
+            import sglang.test.scripted_runtime.io_struct  # noqa: F401
+        except Exception:  # noqa: BLE001 — raised again where the reply is read
+            pass
+
+    _harness_import = threading.Thread(target=run, name="sgl-replay-import-sglang", daemon=True)
+    _harness_import.start()
 
 
 def _pid_running(pid: int) -> bool:
