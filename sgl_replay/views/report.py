@@ -48,6 +48,7 @@ def write_report(trace_a: str, trace_b: str, result: DiffResult, out_path: str, 
     page = _PAGE.format(
         title=_e(f"sgl-replay: {label_a} vs {label_b}"),
         css=_asset("uPlot.min.css") + _CSS,
+        errors=PAGE_ERRORS_SCRIPT,
         uplot=_asset("uPlot.iife.min.js"),
         verdict=_verdict(result, label_a, label_b),
         headers=_headers(result),
@@ -321,23 +322,25 @@ h1 { font-size: 20px; margin: 0 0 8px; } h2 { font-size: 16px; margin: 20px 0 6p
 
 # Errors from the page land in #page-errors, and #render-status says how many
 # charts were drawn: a headless browser's DOM tells whether the page worked.
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<script>
+PAGE_ERRORS_SCRIPT = """
 // every error of the page, listed in #page-errors as soon as that exists
 window.pageErrors = [];
-window.showPageError = function (message) {{
+window.showPageError = function (message) {
   var list = document.getElementById("page-errors");
   if (!list) return;
   var li = document.createElement("li");
   li.textContent = message;
   list.appendChild(li);
-}};
-window.pageError = function (message) {{ window.pageErrors.push(message); window.showPageError(message); }};
-window.addEventListener("error", function (e) {{ window.pageError(String(e.message)); }});
-(function () {{ var log = console.error; console.error = function () {{
-  window.pageError(Array.prototype.join.call(arguments, " ")); log.apply(console, arguments); }}; }})();
-</script>
+};
+window.pageError = function (message) { window.pageErrors.push(message); window.showPageError(message); };
+window.addEventListener("error", function (e) { window.pageError(String(e.message)); });
+(function () { var log = console.error; console.error = function () {
+  window.pageError(Array.prototype.join.call(arguments, " ")); log.apply(console, arguments); }; })();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<script>{errors}</script>
 <style>{css}</style>
 <script>{uplot}</script>
 </head><body>

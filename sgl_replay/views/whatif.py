@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sgl_replay.timing import latency
-from sgl_replay.views.report import _CSS, _asset, _e, _json_for_script
+from sgl_replay.views.report import _CSS, PAGE_ERRORS_SCRIPT, _asset, _e, _json_for_script
 
 _COLUMNS = (("rank", "#"), ("config", "configuration"), ("ttft_p50_ms", "TTFT p50 ms"),
             ("ttft_p90_ms", "TTFT p90 ms"), ("ttft_p99_ms", "TTFT p99 ms"), ("itl_p90_ms", "ITL p90 ms"),
@@ -48,7 +48,7 @@ def page(trace: str, runner: str, rank: str, rows: list[dict[str, Any]], fidelit
     data = {"x": [p[0] for p in points], "y": [p[1] for p in points], "labels": [p[2] for p in points],
             "baseline": [p[3] for p in points], "y_label": y_label}
     title = f"sgl-replay what-if: {trace}"
-    return _PAGE.format(title=_e(title), css=_asset("uPlot.min.css") + _CSS + _MORE_CSS,
+    return _PAGE.format(title=_e(title), css=_asset("uPlot.min.css") + _CSS + _MORE_CSS, errors=PAGE_ERRORS_SCRIPT,
                         uplot=_asset("uPlot.iife.min.js"),
                         summary=_e(f"{len(rows)} configurations on {runner}, ranked by {rank}; "
                                    f"figures on the modelled clock"),
@@ -84,18 +84,7 @@ _MORE_CSS = """
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<script>
-window.pageErrors = [];
-window.showPageError = function (message) {{
-  var list = document.getElementById("page-errors");
-  if (!list) return;
-  var li = document.createElement("li");
-  li.textContent = message;
-  list.appendChild(li);
-}};
-window.pageError = function (message) {{ window.pageErrors.push(message); window.showPageError(message); }};
-window.addEventListener("error", function (e) {{ window.pageError(String(e.message)); }});
-</script>
+<script>{errors}</script>
 <style>{css}</style>
 <script>{uplot}</script>
 </head><body>
