@@ -705,7 +705,7 @@ def cost(traces: tuple[str, ...], output: str) -> None:
 @click.option("--rank", default="ttft_p90", show_default=True, metavar="FIGURE",
               help="Rank by this figure: ttft_p50|p90|p99, itl_..., e2e_..., queue_..., throughput.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local process pool size (default: one per core, while each can keep 1.5 GiB free).")
+              help="Local process pool size (default: one per core, while each can keep 3 GiB free).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run each configuration as a Ray task: on the cluster at ADDRESS, or with no "
                    "ADDRESS on a local Ray instance (pip install 'sgl-replay[ray]').")

@@ -47,10 +47,11 @@ from sgl_replay.views.whatif import page, versus
 CLIENT_KEYS: dict[str, type] = {"max_in_flight": int}
 GRID_KEYS: dict[str, type] = {**SCHEDULING_ARGS, **CLIENT_KEYS}
 MAX_CONFIGS = 1024  # a grid's rows; more is a typo's product, not a sweep
-# What one embedded CPU engine and its replay hold at peak (measured:
-# tools/bench/whatif_throughput.py prints it); a pool's default size keeps
-# that much free per worker.
-ENGINE_MEMORY_BYTES = int(1.5 * 2**30)
+# What one engine's process tree holds at peak, replaying a GPU capture of a
+# 128K-vocabulary model (its proportional set size: 2.9 GiB measured by
+# tools/bench/whatif_throughput.py; sglang's three processes each map torch):
+# a pool's default size keeps this much available per worker.
+ENGINE_MEMORY_BYTES = 3 * 2**30
 RAY_CONNECT_TIMEOUT_S = 5.0
 ATTEMPTS = 2  # a task is tried once more after its worker or engine died
 
