@@ -205,7 +205,7 @@ def test_one_vocabulary_prints_and_serializes_as_its_words():
     and HTML reports print them: the words stay, whatever the members' names."""
     assert [o.value for o in Outcome] == ["same", "diverged", "not comparable", "empty", "inconclusive",
                                           "failed", "could not run", "bad input", "missing", "created",
-                                          "updated", "unchanged"]
+                                          "updated", "unchanged", "over budget", "within budget"]
     for outcome in Outcome:
         assert f"{outcome}" == str(outcome) == outcome == outcome.value
         assert json.dumps({"verdict": outcome}) == json.dumps({"verdict": outcome.value})
