@@ -293,8 +293,7 @@ def test_firsts_are_the_requests_a_prefill_batch_completes():
     from sgl_replay.trace.format import pack_ids
 
     tracker = Tracker()
-    tracker.inputs([{"type": "generate", "rid": f"r{k}", "input_ids": pack_ids(list(range(n)))}
-                    for k, n in enumerate((100, 300))])
+    tracker.inputs([GenerateInput(rid=f"r{k}", input_ids=pack_ids(list(range(n)))) for k, n in enumerate((100, 300))])
     first, prev = FEATURES.index("batch_firsts"), FEATURES.index("prev_firsts")
     x = tracker.iteration([("extend", [0, 1], [100, 156], [0, 0], 1)])
     assert x[first] == 1 and x[prev] == 0
@@ -310,7 +309,7 @@ def test_a_finish_and_a_pull_are_features_of_their_iteration():
     from sgl_replay.trace.format import pack_ids
 
     tracker = Tracker()
-    tracker.inputs([{"type": "generate", "rid": "r", "input_ids": pack_ids(list(range(500)))}])
+    tracker.inputs([GenerateInput(rid="r", input_ids=pack_ids(list(range(500))))])
     x = tracker.iteration([("extend", [0], [500], [0], None)])
     assert x[FEATURES.index("loop_inputs")] == 1 and x[FEATURES.index("loop_input_ktok")] == 0.5
     assert x[FEATURES.index("loop_finished")] == 0
@@ -387,7 +386,7 @@ def test_a_closed_loop_clients_hop_is_its_arrival_after_the_finish_that_freed_it
     from sgl_replay.timing.turns import client_hops
 
     def gen(rid):
-        return {"type": "generate", "rid": rid, "input_ids": b"\0" * 8}
+        return GenerateInput(rid=rid, input_ids=b"\0" * 8)
     records = [
         Iteration(i=0, ms=1.0, inputs=[gen("a")], arrivals=[0.5]),
         Iteration(i=1, ms=20.0, finished=[[0, "length", 4, 0]]),
