@@ -46,10 +46,7 @@ def write_report(trace_a: str, trace_b: str, result: DiffResult, out_path: str, 
             "runs": [{"label": run["label"], "kv_label": run["kv_label"], **run["series"]}
                      for run in runs]}
     page = _PAGE.format(
-        title=_e(f"sgl-replay: {label_a} vs {label_b}"),
-        css=_asset("uPlot.min.css") + _CSS,
-        errors=PAGE_ERRORS_SCRIPT,
-        uplot=_asset("uPlot.iife.min.js"),
+        head=page_head(_e(f"sgl-replay: {label_a} vs {label_b}"), _CSS),
         verdict=_verdict(result, label_a, label_b),
         headers=_headers(result),
         runs=_runs_table(runs),
@@ -338,16 +335,19 @@ window.addEventListener("error", function (e) { window.pageError(String(e.messag
   window.pageError(Array.prototype.join.call(arguments, " ")); log.apply(console, arguments); }; })();
 """
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<script>{errors}</script>
-<style>{css}</style>
-<script>{uplot}</script>
-</head><body>
-<ul id="page-errors"></ul>
-<script>window.pageErrors.forEach(window.showPageError);</script>
-<h1>{title}</h1>
-{verdict}
+
+
+def page_head(title: str, css: str) -> str:
+    """An offline page's start, to its <h1>: uPlot and its CSS inlined,
+    `css` after them, and the page's errors collected in #page-errors.
+    `title` is already escaped."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>\n'
+            f"<script>{PAGE_ERRORS_SCRIPT}</script>\n<style>{_asset('uPlot.min.css')}{css}</style>\n"
+            f"<script>{_asset('uPlot.iife.min.js')}</script>\n</head><body>\n<ul id=\"page-errors\"></ul>\n"
+            f"<script>window.pageErrors.forEach(window.showPageError);</script>\n<h1>{title}</h1>\n")
+
+
+_PAGE = """{head}{verdict}
 <h2>Header differences</h2>
 {headers}
 <h2>Runs</h2>

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sgl_replay.timing import latency
-from sgl_replay.views.report import _CSS, PAGE_ERRORS_SCRIPT, _asset, _e, _json_for_script
+from sgl_replay.views.report import _CSS, _e, _json_for_script, page_head
 
 _COLUMNS = (("rank", "#"), ("config", "configuration"), ("ttft_p50_ms", "TTFT p50 ms"),
             ("ttft_p90_ms", "TTFT p90 ms"), ("ttft_p99_ms", "TTFT p99 ms"), ("itl_p90_ms", "ITL p90 ms"),
@@ -29,7 +29,7 @@ def page(trace: str, runner: str, rank: str, rows: list[dict[str, Any]], fidelit
     """A sweep of `trace` on `runner`: its table (runs/whatif.py's `table`)
     ranked by `rank`, and the baseline's `fidelity` line."""
     against = f"{rank}_vs_baseline_pct"
-    head = "".join(f"<th>{_e(title)}</th>" for _, title in _COLUMNS) + f"<th>{_e(rank)} vs baseline</th>"
+    columns = "".join(f"<th>{_e(title)}</th>" for _, title in _COLUMNS) + f"<th>{_e(rank)} vs baseline</th>"
     body = []
     for row in rows:
         if row["failed"]:
@@ -48,11 +48,10 @@ def page(trace: str, runner: str, rank: str, rows: list[dict[str, Any]], fidelit
     data = {"x": [p[0] for p in points], "y": [p[1] for p in points], "labels": [p[2] for p in points],
             "baseline": [p[3] for p in points], "y_label": y_label}
     title = f"sgl-replay what-if: {trace}"
-    return _PAGE.format(title=_e(title), css=_asset("uPlot.min.css") + _CSS + _MORE_CSS, errors=PAGE_ERRORS_SCRIPT,
-                        uplot=_asset("uPlot.iife.min.js"),
+    return _PAGE.format(head=page_head(_e(title), _CSS + _MORE_CSS),
                         summary=_e(f"{len(rows)} configurations on {runner}, ranked by {rank}; "
                                    f"figures on the modelled clock"),
-                        fidelity=_e(fidelity), head=head, body="\n".join(body),
+                        fidelity=_e(fidelity), columns=columns, body="\n".join(body),
                         y_label=_e(y_label), data=_json_for_script(data), script=_SCRIPT)
 
 
@@ -82,22 +81,13 @@ _MORE_CSS = """
 .sweep tr.failed td { color: #b00020; }
 """
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<script>{errors}</script>
-<style>{css}</style>
-<script>{uplot}</script>
-</head><body>
-<ul id="page-errors"></ul>
-<script>window.pageErrors.forEach(window.showPageError);</script>
-<h1>{title}</h1>
-<p class="verdict">{summary}</p>
+_PAGE = """{head}<p class="verdict">{summary}</p>
 <p>{fidelity}</p>
 <h2>{y_label} against throughput</h2>
 <p class="note">one point per configuration; the baseline (the recorded configuration) in red</p>
 <div class="chart"><div id="chart-sweep"></div></div>
 <h2>Configurations</h2>
-<table class="sweep"><thead><tr>{head}</tr></thead><tbody>
+<table class="sweep"><thead><tr>{columns}</tr></thead><tbody>
 {body}
 </tbody></table>
 <p id="render-status" class="note">chart not rendered</p>
