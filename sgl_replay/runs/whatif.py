@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import socket
 import tempfile
+import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -36,6 +38,7 @@ from sgl_replay.diff import Options, diff
 from sgl_replay.runs.capture import CaptureFailed
 from sgl_replay.runs.check import read_header
 from sgl_replay.runs.errors import BadEngineArgs, EngineError
+from sgl_replay.runs.pool import EnginePool
 from sgl_replay.runs.replay import engine_config_for, replay_trace
 from sgl_replay.timing import latency
 from sgl_replay.timing.model import CostModel
@@ -185,10 +188,6 @@ def run_task(files: dict[str, bytes], task: Task) -> list[Row]:
     """Replay the task's rows on one engine (a worker's job, in its own
     process): the trace's files written to a scratch directory, each row's
     observed trace and figures returned."""
-    import time
-
-    from sgl_replay.runs.pool import EnginePool
-
     with tempfile.TemporaryDirectory(prefix="sgl-replay-whatif-") as tmp:
         recording = os.path.join(tmp, "recording")
         os.mkdir(recording)
@@ -339,7 +338,7 @@ def _on_pool(files: dict[str, bytes], tasks: list[Task], workers: int,
                 attempts[k] += 1
                 try:
                     rows = future.result()
-                except (EngineError, CaptureFailed, concurrent.futures.process.BrokenProcessPool) as e:
+                except (EngineError, CaptureFailed, BrokenProcessPool) as e:
                     if attempts[k] < ATTEMPTS:
                         again.append(k)
                         continue
