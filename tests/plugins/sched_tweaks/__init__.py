@@ -8,8 +8,9 @@ a baseline and every tweak in turn:
   reverse_waiting     reverse the waiting queue after the policy sorted it
   cap_prefill_2       admit at most 2 requests into one prefill batch
   reverse_retraction  retract the most-preferred request first, not the least
-  flaky               reverse_waiting in every second run (a run starts after
-                      a second without scheduling), like a nondeterministic bug
+  flaky               reverse_waiting in every second run (a run starts when a
+                      request id comes back as a new request: the next replay
+                      of the same trace), like a nondeterministic bug
   raise_at_start      (read once, when the engine starts) the scheduler raises
                       while it initializes, as a broken revision would
   model_raises        the embedded GPT-2's transformer raises if it runs (a
@@ -22,9 +23,8 @@ process_input_requests calls) and the rids, as the scheduler saw them.
 
 import json
 import os
-import time
 
-_state = {"mtime": None, "mode": "off", "calls": 0, "runs": 0, "last_sort": 0.0}
+_state = {"mtime": None, "mode": "off", "calls": 0, "runs": 0, "rids": set()}
 
 
 def _mode() -> str:
@@ -40,12 +40,22 @@ def _mode() -> str:
     return _state["mode"]
 
 
+def _count_runs(waiting_queue) -> None:
+    """Count replays by request ids, not by the clock: a loaded machine can
+    pause a run for longer than any gap between runs."""
+    for req in waiting_queue:
+        if getattr(req, "_sched_tweaks_seen", False):  # a retracted request comes back as itself
+            continue
+        if _state["runs"] == 0 or req.rid in _state["rids"]:
+            _state["runs"] += 1
+            _state["rids"] = set()
+        req._sched_tweaks_seen = True
+        _state["rids"].add(req.rid)
+
+
 def _calc_priority(original, self, waiting_queue, *args, **kwargs):
     result = original(self, waiting_queue, *args, **kwargs)
-    now = time.monotonic()
-    if now - _state["last_sort"] > 1.0:
-        _state["runs"] += 1
-    _state["last_sort"] = now
+    _count_runs(waiting_queue)
     mode = _mode()
     if mode == "reverse_waiting" or (mode == "flaky" and _state["runs"] % 2 == 0):
         waiting_queue.reverse()
