@@ -69,6 +69,9 @@ def test_a_scheduler_that_raises_during_startup_is_reported_after_one_start(tmp_
         stop.set()
     log = str(info.value).split("(log: ", 1)[1].split(")", 1)[0]
     assert "planted start-up failure" in Path(log).read_text(), info.value
+    # the failing worker's SIGQUIT reached the server process, as from a
+    # spawned worker (here it forks from the child's forkserver)
+    assert "Received sigquit from a child process" in Path(log).read_text()
     assert len(seen) == 1, seen  # one start: not tried again
 
 

@@ -52,6 +52,8 @@ PLUGIN_FAILURE_MARKERS = ("Failed to load plugin", "Failed to execute general pl
 PORT_TAKEN_MARKER = "error while attempting to bind on address"
 PORT_ATTEMPTS = 3
 WORKER_FAILURE_MARKER = "hit an exception"  # "Scheduler hit an exception: <traceback>"
+# The command lines of sglang's workers before they name themselves.
+WORKER_CMDLINES = ("multiprocessing.spawn import spawn_main", "multiprocessing.forkserver import main")
 KEEP_ALIVE_S = 24 * 3600
 
 # What the embedded CPU engine needs (README, "Facts about sglang 0.5.23");
@@ -304,7 +306,8 @@ class Engine:
     def _tree_alive(self) -> bool:
         """launch_server can wait on for minutes after its scheduler died
         (seen: start-up blocks on the scheduler's pipe). Its workers are
-        multiprocessing-spawned children that later name themselves
+        multiprocessing children (spawned, or forked by the child's
+        forkserver, which counts as one) that later name themselves
         (sglang::scheduler, sglang::detokenizer): once one was seen, its exit
         is the engine's death."""
         import psutil
@@ -320,7 +323,7 @@ class Engine:
                     continue
                 running.add(child.pid)
                 title = " ".join(child.cmdline())
-                if title.startswith("sglang::") or "multiprocessing.spawn import spawn_main" in title:
+                if title.startswith("sglang::") or any(marker in title for marker in WORKER_CMDLINES):
                     self._workers[child.pid] = title if title.startswith("sglang::") else (
                         self._workers.get(child.pid) or "a worker process (pid %d)" % child.pid)
             except psutil.NoSuchProcess:
