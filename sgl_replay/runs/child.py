@@ -6,7 +6,7 @@ child creates SPEC's `warmed` file.
 On the CPU, sglang's scheduler and detokenizer processes fork from a
 multiprocessing forkserver that imports their modules while this process
 imports the HTTP server, instead of each importing sglang again after a
-spawn: an engine starts about 5 s sooner on 2 cores. Not on a GPU, where a
+spawn: an engine starts about 7 s sooner on 2 cores. Not on a GPU, where a
 module that touched CUDA on import would make every fork fail."""
 
 from __future__ import annotations
